@@ -1,0 +1,66 @@
+"""`airm.refine`: refine a mask with the model that ships in the package (or any checkpoint)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from airm.inference import InferenceOptions
+from airm.io import DEFAULT_MAX_PIXELS
+from airm.refiner import Refiner
+
+DEFAULT_CHECKPOINT = Path(__file__).parent / "weights" / "airm_default.safetensors"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No checkpoint was given and no default model is installed."""
+
+
+def default_checkpoint() -> Path:
+    """The path of the model that ships inside the package."""
+    if not DEFAULT_CHECKPOINT.is_file():
+        raise ModelNotFoundError(
+            f"no default model is installed ({DEFAULT_CHECKPOINT} is missing); pass a trained "
+            "checkpoint with checkpoint=PATH (command line: --checkpoint PATH)"
+        )
+    return DEFAULT_CHECKPOINT
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_refiner(checkpoint: str, device: str | None) -> Refiner:
+    return Refiner.from_checkpoint(checkpoint, device=device)
+
+
+def get_refiner(
+    checkpoint: str | os.PathLike | None = None, device: str | torch.device | None = None
+) -> Refiner:
+    """A cached Refiner for `checkpoint` (default: the shipped model) on `device`."""
+    path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
+    return _cached_refiner(str(path.resolve()), None if device is None else str(device))
+
+
+def refine(
+    image: np.ndarray,
+    coarse: np.ndarray,
+    *,
+    soft: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    **options,
+) -> np.ndarray:
+    """Refine one coarse mask.
+
+    image: HxWx3 uint8 RGB. coarse: HxW bool, 0/1 or 0/255 uint8, or float in [0, 1].
+    Returns HxW uint8 0/255, or HxW float32 probabilities with soft=True.
+    options: fields of `InferenceOptions` (scales, min_size, band, uncertain, chunk_size).
+    """
+    base = get_refiner(checkpoint, device)
+    refiner = Refiner(
+        base.model, device=base.device, options=InferenceOptions(**options), max_pixels=max_pixels
+    )
+    return refiner.refine(image, coarse, soft=soft)

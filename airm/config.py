@@ -1,0 +1,72 @@
+"""The one model configuration. A checkpoint stores it, so loading needs only the path."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite's ImageNet weights expect (x - 127) / 128 on 0..255 pixels.
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
+
+MIT_VARIANTS = {
+    # name: (embed_dims, num_heads); depths 2/2/2/2 and sr ratios 8/4/2/1 are shared.
+    "mit_b0": ((32, 64, 160, 256), (1, 2, 5, 8)),
+    "mit_b1": ((64, 128, 320, 512), (1, 2, 5, 8)),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild an AIRM network (not its weights)."""
+
+    # "mit_b0" / "mit_b1" (the paper's Affinity Empowered Encoder), or the name of a timm CNN
+    # ("tf_efficientnet_lite0", "resnet18", "resnet50", ...) built with 4 input channels.
+    encoder: str = "mit_b0"
+    # Channels C of the pixel features F that the implicit decoder reads.
+    feature_dim: int = 64
+    # Stride of F relative to the encoded input: 4, or 2 (CNN encoders only).
+    feature_stride: int = 4
+    # Hidden widths of the implicit MLP f (CRM: 32/32/32/32); it ends in one logit.
+    hidden_dims: tuple[int, ...] = (32, 32, 32, 32)
+    # AIRMF (True): per-image low-rank modulation of f's weights. SIRMF (False): shared f.
+    modulation: bool = True
+    # Rank r of the factors A_l (out x r) and B_l (r x in).
+    rank: int = 20
+    # Width of the hypernetwork psi.
+    hyper_dim: int = 64
+    # Learn affinity (attention-derived for MiT, feature-distance for CNNs) during training.
+    affinity: bool = True
+    # Width of the embedding whose L1 distances give a CNN encoder's affinity.
+    affinity_dim: int = 64
+    # Per-channel RGB normalisation applied to 0..1 pixels.
+    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
+    pixel_std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.feature_stride not in (2, 4):
+            raise ValueError(f"feature_stride must be 2 or 4, got {self.feature_stride}")
+        if self.feature_stride == 2 and self.is_mit:
+            raise ValueError("feature_stride=2 needs a CNN encoder (MiT has no stride-2 stage)")
+        if self.rank < 1 or not self.hidden_dims:
+            raise ValueError("rank must be >= 1 and hidden_dims non-empty")
+
+    @property
+    def is_mit(self) -> bool:
+        return self.encoder.startswith("mit_")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        fields = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(fields) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields {sorted(unknown)}")
+        # JSON has no tuples; the dataclass is frozen and hashed, so restore them.
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})

@@ -1,0 +1,163 @@
+"""Training data: image/mask pairs from folders, with coarse masks made on the fly.
+
+Two layouts are read, several roots at once:
+- BIG (CascadePSP): `<name>_im.jpg|png` with `<name>_gt.png` in one folder;
+- `images/` + `masks/`: files with the same stem in both.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from airm.io import read_image, read_mask
+from airm.perturb import lowres_mask, perturb_mask
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class Pair:
+    name: str
+    image: Path
+    mask: Path
+    coarse: Path | None = None  # BIG validation folders carry `<name>_seg.png`
+
+
+def find_pairs(root: str | os.PathLike) -> list[Pair]:
+    """Every image/mask pair under one root, in either layout, sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    pairs = []
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        masks = {p.stem: p for p in (root / "masks").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        for image in sorted((root / "images").iterdir()):
+            if image.suffix.lower() in IMAGE_SUFFIXES and image.stem in masks:
+                pairs.append(Pair(image.stem, image, masks[image.stem]))
+    else:
+        for image in sorted(root.iterdir()):
+            stem = image.stem
+            if not stem.endswith("_im") or image.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            name = stem[: -len("_im")]
+            gt = root / f"{name}_gt.png"
+            seg = root / f"{name}_seg.png"
+            if gt.is_file():
+                pairs.append(Pair(name, image, gt, seg if seg.is_file() else None))
+    if not pairs:
+        raise FileNotFoundError(f"no image/mask pairs in {root} (BIG or images/+masks/ layout)")
+    return pairs
+
+
+def make_coarse(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A coarse mask for HxW bool `gt`: CascadePSP's perturbation or a low-res segmenter."""
+    if not gt.any() or gt.all():
+        return gt.copy()
+    if rng.random() < 0.5:
+        return perturb_mask(gt, rng, iou_target=rng.uniform(0.8, 1.0))
+    return lowres_mask(gt, rng)
+
+
+def _boundary_point(gt: np.ndarray, rng: np.random.Generator) -> tuple[int, int] | None:
+    edges = cv2.morphologyEx(gt.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+    ys, xs = np.nonzero(edges)
+    if len(ys) == 0:
+        return None
+    k = rng.integers(len(ys))
+    return int(ys[k]), int(xs[k])
+
+
+class RefinementDataset(Dataset):
+    """Random crops of (image, coarse, truth) for training.
+
+    Each item: image (3, S, S) float in [0, 1], coarse (1, S, S) float in [0, 1], truth (1, S,
+    S) float {0, 1}. The coarse mask is made at the image level, as real segmenters' masks
+    are; the image is then rescaled by a random factor (so both whole-object views, as the
+    coarse scales of inference see, and full-resolution detail are trained), cropped around a
+    boundary point most of the time, padded when smaller, flipped and colour-jittered.
+    """
+
+    def __init__(self, pairs: list[Pair], *, crop_size: int = 224, seed: int = 0) -> None:
+        self.pairs = pairs
+        self.crop_size = crop_size
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        pair = self.pairs[index]
+        image = read_image(pair.image)
+        gt = read_mask(pair.mask) > 0.5
+        if gt.shape != image.shape[:2]:
+            raise ValueError(f"{pair.name}: image {image.shape[:2]} and mask {gt.shape} differ")
+        coarse = make_coarse(gt, rng)
+        image, gt, coarse = self._rescale(image, gt, coarse, rng)
+        image, gt, coarse = self._crop(image, gt, coarse, rng)
+        if rng.random() < 0.5:
+            image, gt, coarse = image[:, ::-1], gt[:, ::-1], coarse[:, ::-1]
+        image = self._jitter(image.astype(np.float32) / 255.0, rng)
+        coarse = coarse.astype(np.float32)
+        if rng.random() < 0.3:  # later scales of inference see soft masks
+            coarse = cv2.GaussianBlur(coarse, (0, 0), rng.uniform(0.5, 3.0))
+        return (
+            torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            torch.from_numpy(np.ascontiguousarray(coarse[None])),
+            torch.from_numpy(np.ascontiguousarray(gt[None].astype(np.float32))),
+        )
+
+    def _rescale(self, image, gt, coarse, rng):
+        short = min(gt.shape)
+        lo = min(1.0, self.crop_size / short)
+        scale = float(np.exp(rng.uniform(np.log(lo), 0.0))) if rng.random() < 0.6 else 1.0
+        if scale >= 0.999:
+            return image, gt, coarse
+        size = (max(1, round(gt.shape[1] * scale)), max(1, round(gt.shape[0] * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        gt = cv2.resize(gt.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+        coarse = cv2.resize(coarse.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+        return image, gt, coarse
+
+    def _crop(self, image, gt, coarse, rng):
+        s = self.crop_size
+        h, w = gt.shape
+        pad_h, pad_w = max(0, s - h), max(0, s - w)
+        if pad_h or pad_w:
+            pad = ((0, pad_h), (0, pad_w))
+            image = np.pad(image, (*pad, (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
+            gt = np.pad(gt, pad, mode="reflect" if min(h, w) > 1 else "edge")
+            coarse = np.pad(coarse, pad, mode="reflect" if min(h, w) > 1 else "edge")
+            h, w = gt.shape
+        centre = _boundary_point(gt | coarse if rng.random() < 0.3 else gt, rng)
+        if centre is not None and rng.random() < 0.8:
+            cy = centre[0] + int(rng.integers(-s // 4, s // 4 + 1))
+            cx = centre[1] + int(rng.integers(-s // 4, s // 4 + 1))
+            y0 = int(np.clip(cy - s // 2, 0, h - s))
+            x0 = int(np.clip(cx - s // 2, 0, w - s))
+        else:
+            y0 = int(rng.integers(0, h - s + 1))
+            x0 = int(rng.integers(0, w - s + 1))
+        window = (slice(y0, y0 + s), slice(x0, x0 + s))
+        return image[window], gt[window], coarse[window]
+
+    @staticmethod
+    def _jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        brightness = rng.uniform(-0.1, 0.1)
+        contrast = rng.uniform(0.85, 1.15)
+        saturation = rng.uniform(0.85, 1.15)
+        gray = image.mean(axis=2, keepdims=True)
+        image = gray + (image - gray) * saturation
+        image = (image - 0.5) * contrast + 0.5 + brightness
+        return np.clip(image, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,152 @@
+"""Reading and normalising images and masks (SPEC section 6).
+
+Images become HxWx3 uint8 RGB: grayscale is replicated, alpha is dropped, 16-bit is scaled
+to 8-bit, EXIF orientation is applied. Masks become HxW float32 probabilities in [0, 1]:
+0/255, 0/1 and bool masks are binary, other values are read as soft; RGB masks take the
+channel maximum, RGBA masks with a non-constant alpha take the alpha, palette masks are
+foreground wherever the index is non-zero, 16-bit masks are scaled by 65535.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Refuse inputs above this many pixels unless the caller raises it (about 8000 x 8000).
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+class InputError(ValueError):
+    """An image or mask that cannot be used, with a one-line reason."""
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call write(tmp_path) on a temporary file beside `path`, then move it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_size(height: int, width: int, max_pixels: int | None, what: str) -> None:
+    if height < 1 or width < 1:
+        raise InputError(f"{what} is empty ({height}x{width})")
+    if max_pixels is not None and height * width > max_pixels:
+        raise InputError(
+            f"{what} has {height}x{width} = {height * width} pixels, above the limit of "
+            f"{max_pixels} (raise max_pixels / --max-pixels to allow it)"
+        )
+
+
+def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no such file: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            check_size(image.height, image.width, max_pixels, str(path))
+            image.load()  # decode now, so that truncated files fail here
+            return ImageOps.exif_transpose(image)
+    except InputError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise InputError(f"cannot read {path}: {e}") from None
+
+
+def normalize_image(image: np.ndarray) -> np.ndarray:
+    """Any HxW, HxWx1, HxWx3 or HxWx4 uint8/uint16/float array -> HxWx3 uint8 RGB."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise InputError(f"image must be HxW, HxWx3 or HxWx4, got shape {image.shape}")
+    image = image[..., :3]
+    if image.dtype == np.uint8:
+        return np.ascontiguousarray(image)
+    if image.dtype == np.uint16:
+        return (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+    if image.dtype == bool or not np.issubdtype(image.dtype, np.number):
+        raise InputError(f"unsupported image dtype {image.dtype}")
+    if np.issubdtype(image.dtype, np.floating):
+        if not np.isfinite(image).all():
+            raise InputError("image has NaN or infinite values")
+        hi = 1.0 if image.max() <= 1.0 else 255.0
+        return (np.clip(image / hi, 0, 1) * 255).round().astype(np.uint8)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def normalize_mask(mask: np.ndarray) -> np.ndarray:
+    """bool, 0/1 or 0/255 integers, 16-bit, or float probabilities -> HxW float32 in [0, 1]."""
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[..., 0]
+    if mask.ndim == 3 and mask.shape[2] in (3, 4):
+        mask = mask[..., :3].max(axis=2)
+    if mask.ndim != 2:
+        raise InputError(f"mask must be HxW, got shape {mask.shape}")
+    if mask.dtype == bool:
+        return mask.astype(np.float32)
+    if np.issubdtype(mask.dtype, np.floating):
+        if not np.isfinite(mask).all():
+            raise InputError("mask has NaN or infinite values")
+        if mask.min() < 0 or mask.max() > 1:
+            if mask.min() >= 0 and mask.max() <= 255:
+                return (mask / 255.0).astype(np.float32)
+            raise InputError("a float mask must hold probabilities in [0, 1] (or 0..255)")
+        return mask.astype(np.float32)
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise InputError(f"unsupported mask dtype {mask.dtype}")
+    top = int(mask.max()) if mask.size else 0
+    if top <= 1:
+        return mask.astype(np.float32)
+    if mask.dtype == np.uint16 or top > 255:
+        return (mask.astype(np.float32) / 65535.0).clip(0, 1)
+    return (mask.astype(np.float32) / 255.0).clip(0, 1)
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB (EXIF orientation applied)."""
+    image = _open(path, max_pixels)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return normalize_image(np.asarray(image, dtype=np.uint16 if "16" in image.mode else np.int32))
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image)
+
+
+def read_mask(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read a mask file as HxW float32 in [0, 1] (see the module docstring for the rules)."""
+    image = _open(path, max_pixels)
+    if image.mode == "P":
+        return (np.asarray(image) > 0).astype(np.float32)
+    if image.mode in ("RGBA", "LA"):
+        alpha = np.asarray(image.getchannel("A"))
+        if alpha.min() != alpha.max():
+            return normalize_mask(alpha)
+        image = image.convert("RGB" if image.mode == "RGBA" else "L")
+    if image.mode in ("1", "L", "RGB", "I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image)
+        if image.mode == "I":
+            array = array.astype(np.uint16 if array.max() > 255 else np.uint8)
+        return normalize_mask(array)
+    return normalize_mask(np.asarray(image.convert("L")))
+
+
+def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
+    """Write an HxW uint8 mask as PNG atomically (never a half-written file)."""
+    atomic_write(path, lambda tmp: Image.fromarray(mask).save(tmp, format="PNG"))

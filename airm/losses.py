@@ -1,0 +1,117 @@
+"""Training losses: BCE, L1, L2 and gradient on the refined mask, plus AFA's affinity loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """The loss weights, defined here only."""
+
+    bce: float = 1.0
+    l1: float = 1.0
+    l2: float = 1.0
+    gradient: float = 1.0
+    affinity: float = 0.2
+    # Extra BCE weight inside the truth's boundary band (band_radius pixels each side).
+    boundary: float = 2.0
+    band_radius: int = 5
+    # Affinity pairs are cells at most this many grid cells apart (the paper's best: 14).
+    affinity_radius: int = 14
+
+
+@dataclass
+class Losses:
+    total: torch.Tensor
+    bce: torch.Tensor
+    l1: torch.Tensor
+    l2: torch.Tensor
+    gradient: torch.Tensor
+    affinity: torch.Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        return {k: float(getattr(self, k).detach()) for k in ("total", "bce", "l1", "l2", "gradient", "affinity")}
+
+
+_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 4.0
+
+
+def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) -> (B, 1, H, W) gradient magnitude."""
+    kx = _SOBEL_X.to(x)[None, None]
+    ky = kx.transpose(-1, -2)
+    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    gx, gy = F.conv2d(padded, kx), F.conv2d(padded, ky)
+    return torch.sqrt(gx * gx + gy * gy + 1e-8)
+
+
+def boundary_band(gt: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B, 1, H, W) {0, 1} -> float band of the truth's boundary, `radius` pixels each side."""
+    k = 2 * radius + 1
+    dilated = F.max_pool2d(gt, k, 1, radius)
+    eroded = -F.max_pool2d(-gt, k, 1, radius)
+    return (dilated - eroded).clamp(0, 1)
+
+
+def affinity_labels(
+    gt: torch.Tensor, size: tuple[int, int], radius: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positive and negative pair masks (B, N, N) for an affinity grid of `size`.
+
+    A cell is foreground (background) when at least 90% of it is foreground (background) in
+    the truth; mixed cells take part in no pair. Pairs are distinct cells within `radius`.
+    """
+    h, w = size
+    frac = F.adaptive_avg_pool2d(gt, size).flatten(1)  # (B, N)
+    fg, bg = frac >= 0.9, frac <= 0.1
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=gt.device), torch.arange(w, device=gt.device), indexing="ij"
+    )
+    pos = torch.stack([ys.flatten(), xs.flatten()], dim=1).float()
+    near = torch.cdist(pos, pos) <= radius
+    near.fill_diagonal_(False)
+    same = (fg[:, :, None] & fg[:, None, :]) | (bg[:, :, None] & bg[:, None, :])
+    differ = (fg[:, :, None] & bg[:, None, :]) | (bg[:, :, None] & fg[:, None, :])
+    return same & near, differ & near
+
+
+def affinity_loss(affinity: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """AFA's form: mean(1 - a) over positive pairs plus mean(a) over negative pairs."""
+    zero = affinity.sum() * 0.0
+    pos = (1 - affinity)[positive].mean() if positive.any() else zero
+    neg = affinity[negative].mean() if negative.any() else zero
+    return pos + neg
+
+
+def refinement_losses(
+    logits: torch.Tensor,
+    gt: torch.Tensor,
+    weights: LossWeights,
+    *,
+    affinity: torch.Tensor | None = None,
+    affinity_size: tuple[int, int] | None = None,
+) -> Losses:
+    """logits, gt: (B, 1, H, W); gt in {0, 1}. affinity: (B, N, N) over affinity_size."""
+    prob = torch.sigmoid(logits)
+    pixel_weight = 1.0 + weights.boundary * boundary_band(gt, weights.band_radius)
+    bce = (F.binary_cross_entropy_with_logits(logits, gt, reduction="none") * pixel_weight).mean()
+    l1 = (prob - gt).abs().mean()
+    l2 = ((prob - gt) ** 2).mean()
+    gradient = (sobel_magnitude(prob) - sobel_magnitude(gt)).abs().mean()
+    if affinity is not None and affinity_size is not None:
+        positive, negative = affinity_labels(gt, affinity_size, weights.affinity_radius)
+        aff = affinity_loss(affinity, positive, negative)
+    else:
+        aff = logits.new_zeros(())
+    total = (
+        weights.bce * bce
+        + weights.l1 * l1
+        + weights.l2 * l2
+        + weights.gradient * gradient
+        + weights.affinity * aff
+    )
+    return Losses(total=total, bce=bce, l1=l1, l2=l2, gradient=gradient, affinity=aff)

@@ -1,0 +1,1 @@
+"""The parts of the AIRM network, one file per component of the paper."""

@@ -1,0 +1,160 @@
+"""AIRM: the network that refines a coarse mask (Zhang et al., ECCV 2024).
+
+encoder (AEE) -> pixel features F -> [hypernetwork psi -> per-image modulation] ->
+implicit function f, queried LIIF-style at any coordinate. The parts are built elsewhere
+(`airm.build`) and injected here.
+
+One addition to the paper: the output logit at a query is f's logit plus a learned multiple of
+the coarse mask there (2 m(q) - 1, m sampled bilinearly). Refinement mostly keeps the coarse
+mask, so f starts from "copy the input" and only learns corrections; without this skip a
+network trained from few steps first spends them learning to copy (SPEC section 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from airm.config import ModelConfig
+from airm.modeling import implicit_decoder
+from airm.modeling.affinity import AttentionAffinity, FeatureDistanceAffinity
+from airm.modeling.encoder import CNNEncoder, MixTransformerEncoder
+from airm.modeling.hypernetwork import Hypernetwork
+from airm.modeling.implicit_decoder import DecoderState
+from airm.modeling.implicit_function import ImplicitFunction
+from airm.modeling.pixel_features import PixelFeatureFusion
+
+# Inputs are padded to a multiple of this so that every stage tiles the view exactly.
+SIZE_DIVISOR = 32
+
+
+@dataclass
+class Encoded:
+    """One encoded batch, ready to be queried.
+
+    decoder: f's parameters and the projected pixel features.
+    mask: (B, 1, H, W) the coarse mask that was encoded, for the skip.
+    view_scale: (H / H_pad, W / W_pad), where the unpadded input sits inside the padded one.
+    affinity: (B, N, N) in (0, 1) when requested, else None; affinity_size: its grid (h, w).
+    """
+
+    decoder: DecoderState
+    mask: torch.Tensor
+    view_scale: tuple[float, float]
+    affinity: torch.Tensor | None
+    affinity_size: tuple[int, int]
+
+
+@dataclass
+class AIRMOutput:
+    """logits: (B, 1, H, W) refined-mask logits; affinity: (B, N, N) or None."""
+
+    logits: torch.Tensor
+    affinity: torch.Tensor | None
+    affinity_size: tuple[int, int]
+
+
+class AIRM(nn.Module):
+    def __init__(
+        self,
+        *,
+        config: ModelConfig,
+        encoder: MixTransformerEncoder | CNNEncoder,
+        pixel_features: PixelFeatureFusion,
+        implicit_function: ImplicitFunction,
+        hypernetwork: Hypernetwork | None,
+        affinity_head: AttentionAffinity | FeatureDistanceAffinity | None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.pixel_features = pixel_features
+        self.implicit_function = implicit_function
+        self.hypernetwork = hypernetwork
+        self.affinity_head = affinity_head
+        self.mask_skip = nn.Parameter(torch.tensor(3.0))
+        self.register_buffer(
+            "pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False
+        )
+
+    def encode(
+        self, image: torch.Tensor, mask: torch.Tensor, *, with_affinity: bool = False
+    ) -> Encoded:
+        """image: (B, 3, H, W) RGB in [0, 1]; mask: (B, 1, H, W) probability in [0, 1]."""
+        height, width = image.shape[-2:]
+        x = torch.cat([(image - self.pixel_mean) / self.pixel_std, mask * 2.0 - 1.0], dim=1)
+        pad_h = -height % SIZE_DIVISOR
+        pad_w = -width % SIZE_DIVISOR
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        want_affinity = with_affinity and self.affinity_head is not None
+        out = self.encoder(x, with_affinity=want_affinity)
+        features = self.pixel_features(out.stages)  # (B, C, h, w)
+        modulation = self.hypernetwork(features) if self.hypernetwork is not None else None
+        params = self.implicit_function.layer_params(modulation)
+        affinity = self.affinity_head(out.affinity_source) if want_affinity else None
+        return Encoded(
+            decoder=implicit_decoder.prepare(features, params),
+            mask=mask,
+            view_scale=(height / (height + pad_h), width / (width + pad_w)),
+            affinity=affinity,
+            affinity_size=out.affinity_size,
+        )
+
+    def query(
+        self,
+        encoded: Encoded,
+        coords: torch.Tensor,
+        *,
+        out_size: tuple[int, int],
+        chunk_size: int | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, Q) at coords (B, Q, 2), (y, x) in [-1, 1] over the unpadded input.
+
+        out_size: (H_out, W_out) of the pixel grid the queries sample, which sets the cell size.
+        """
+        sy, sx = encoded.view_scale
+        scale = coords.new_tensor([sy, sx])
+        padded = (coords + 1.0) * scale - 1.0
+        h, w = encoded.decoder.feature_proj.shape[-2:]
+        cell = coords.new_tensor([h * sy / out_size[0], w * sx / out_size[1]])
+        cell = cell.expand(coords.shape[0], 2)
+        logits = implicit_decoder.query(encoded.decoder, padded, cell, chunk_size=chunk_size)
+        # grid_sample takes (x, y); align_corners=False matches the pixel-centre convention.
+        grid = coords.flip(-1).unsqueeze(1)  # (B, 1, Q, 2)
+        mask = F.grid_sample(encoded.mask, grid, mode="bilinear", align_corners=False)
+        return logits + self.mask_skip * (2.0 * mask[:, 0, 0] - 1.0)
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        window: tuple[int, int, int, int] | None = None,
+        chunk_size: int | None = None,
+    ) -> AIRMOutput:
+        """Dense refinement at the input's resolution (training and tests).
+
+        image: (B, 3, H, W) in [0, 1]; mask: (B, 1, H, W) in [0, 1].
+        window: (top, left, height, width) to query only that part of the pixel grid (training
+        samples queries this way, as LIIF does, to spend its time on the encoder too).
+        Returns logits (B, 1, h, w) for the window (the whole input by default).
+        """
+        b, _, height, width = image.shape
+        top, left, win_h, win_w = window or (0, 0, height, width)
+        encoded = self.encode(image, mask, with_affinity=self.training)
+        coords = implicit_decoder.pixel_centres(height, width, device=image.device)
+        coords = coords.reshape(height, width, 2)[top : top + win_h, left : left + win_w]
+        coords = coords.reshape(1, -1, 2).expand(b, -1, -1)
+        logits = self.query(encoded, coords, out_size=(height, width), chunk_size=chunk_size)
+        return AIRMOutput(
+            logits=logits.reshape(b, 1, win_h, win_w),
+            affinity=encoded.affinity,
+            affinity_size=encoded.affinity_size,
+        )

@@ -1,0 +1,68 @@
+"""The hypernetwork psi of AIRMF (AIRM Sec. 4.2).
+
+A few Conv+BN+ReLU layers over the pixel features F, global average pooling, then linear
+layers that emit, for every linear layer l of the implicit function f, the low-rank factors
+A_l (out x r), B_l (r x in) and a bias offset. The last linear layer starts at zero weight so
+that every image starts with the same factors: A_l from a small random bias, B_l and the bias
+offset at zero, hence A_l B_l = 0 and f starts as the shared function, while the gradient with
+respect to B_l is non-zero from the first step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from airm.modeling.implicit_function import LayerModulation
+
+
+def conv_bn_relu(in_dim: int, out_dim: int, *, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_dim, out_dim, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_dim),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Hypernetwork(nn.Module):
+    """psi: pixel features (B, C, h, w) -> one LayerModulation per layer of f."""
+
+    def __init__(
+        self, *, feature_dim: int, hidden_dim: int, layer_shapes: list[tuple[int, int]], rank: int
+    ) -> None:
+        super().__init__()
+        self.layer_shapes = list(layer_shapes)
+        self.rank = rank
+        self.body = nn.Sequential(
+            conv_bn_relu(feature_dim, hidden_dim, stride=2),
+            conv_bn_relu(hidden_dim, hidden_dim, stride=2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(inplace=True),
+        )
+        sizes = [rank * out + rank * inp + out for out, inp in self.layer_shapes]
+        self.head = nn.Linear(hidden_dim, sum(sizes))
+        nn.init.zeros_(self.head.weight)
+        with torch.no_grad():
+            self.head.bias.zero_()
+            start = 0
+            for (out, _), size in zip(self.layer_shapes, sizes, strict=True):
+                self.head.bias[start : start + rank * out].normal_(0.0, 0.1)
+                start += size
+        self.sizes = sizes
+
+    def forward(self, features: torch.Tensor) -> list[LayerModulation]:
+        flat = self.head(self.body(features))  # (B, P)
+        batch = flat.shape[0]
+        out: list[LayerModulation] = []
+        for chunk, (o, i) in zip(flat.split(self.sizes, dim=1), self.layer_shapes, strict=True):
+            a, b, bias = chunk.split([self.rank * o, self.rank * i, o], dim=1)
+            out.append(
+                LayerModulation(
+                    a=a.reshape(batch, o, self.rank),
+                    b=b.reshape(batch, self.rank, i),
+                    bias=bias,
+                )
+            )
+        return out

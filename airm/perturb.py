@@ -1,0 +1,64 @@
+"""Coarse masks made from a ground truth, for training.
+
+`perturb_mask` follows CascadePSP's perturbation: simplify the contours to polygons, then
+add and remove random discs on the boundary (local dilations and erosions) until the IoU with
+the truth falls under a target. `lowres_mask` imitates a low-resolution semantic segmenter:
+shrink, blur, threshold with a small bias, enlarge back (blobby, thin parts lost).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from airm.metrics import iou
+
+
+def simplify_contours(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Redraw every contour as a polygon simplified by a random tolerance (HxW bool)."""
+    u8 = mask.astype(np.uint8)
+    contours, hierarchy = cv2.findContours(u8, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return mask.copy()
+    out = np.zeros_like(u8)
+    for contour, info in zip(contours, hierarchy[0], strict=True):
+        eps = rng.uniform(0.002, 0.02) * cv2.arcLength(contour, True)
+        poly = cv2.approxPolyDP(contour, eps, True)
+        is_hole = info[3] >= 0
+        cv2.fillPoly(out, [poly], 0 if is_hole else 1)
+    return out.astype(bool)
+
+
+def perturb_mask(
+    gt: np.ndarray, rng: np.random.Generator, *, iou_target: float, max_steps: int = 200
+) -> np.ndarray:
+    """A coarse version of the HxW bool mask `gt` with IoU just under `iou_target`."""
+    h, w = gt.shape
+    out = simplify_contours(gt, rng).astype(np.uint8)
+    size = max(np.sqrt(gt.sum()), 8.0)
+    for _ in range(max_steps):
+        if iou(out.astype(bool), gt) < iou_target:
+            break
+        edges = cv2.morphologyEx(out, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+        ys, xs = np.nonzero(edges)
+        if len(ys) == 0:
+            break
+        for _ in range(4):
+            k = rng.integers(len(ys))
+            radius = int(rng.uniform(0.02, 0.12) * size) + 1
+            cv2.circle(out, (int(xs[k]), int(ys[k])), radius, int(rng.random() < 0.5), -1)
+    return out.astype(bool) if h and w else gt.copy()
+
+
+def lowres_mask(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Imitate a low-resolution segmenter's output for the HxW bool mask `gt`."""
+    h, w = gt.shape
+    long_side = int(rng.integers(48, 129))
+    scale = long_side / max(h, w)
+    small_size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = cv2.resize(gt.astype(np.float32), small_size, interpolation=cv2.INTER_AREA)
+    sigma = rng.uniform(0.5, 2.0)
+    small = cv2.GaussianBlur(small, (0, 0), sigma)
+    threshold = 0.5 + rng.uniform(-0.15, 0.15)
+    big = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    return big > threshold

@@ -1,0 +1,90 @@
+"""`Refiner`: a loaded model and the options to refine with, for repeated calls."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import torch
+
+from airm.checkpoint import load_model
+from airm.inference import InferenceOptions, refine_probability
+from airm.io import DEFAULT_MAX_PIXELS, InputError, check_size, normalize_image, normalize_mask
+from airm.modeling.airm import AIRM
+
+
+class Refiner:
+    """Refines coarse masks with one model.
+
+    Build it from a model (`Refiner(model)`) or a checkpoint path
+    (`Refiner.from_checkpoint(path)`); `airm.refine` keeps a default one.
+    """
+
+    def __init__(
+        self,
+        model: AIRM,
+        *,
+        device: str | torch.device | None = None,
+        options: InferenceOptions | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.model = model.eval().to(self.device)
+        self.options = options or InferenceOptions()
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, **kwargs) -> Refiner:
+        return cls(load_model(path), **kwargs)
+
+    def refine(self, image: np.ndarray, coarse: np.ndarray, *, soft: bool = False) -> np.ndarray:
+        """Refine one mask.
+
+        image: HxWx3 uint8 RGB (grayscale, RGBA and 16-bit are normalised, see `airm.io`).
+        coarse: HxW bool, 0/1 or 0/255 uint8, or float probabilities in [0, 1].
+        Returns HxW uint8 0/255, or with soft=True HxW float32 probabilities in [0, 1].
+        """
+        image = normalize_image(image)
+        mask = normalize_mask(coarse)
+        if image.shape[:2] != mask.shape:
+            raise InputError(f"image is {image.shape[0]}x{image.shape[1]} but the mask is "
+                             f"{mask.shape[0]}x{mask.shape[1]}; they must be the same size")
+        image_t = torch.from_numpy(image).permute(2, 0, 1)
+        prob = self.refine_torch(image_t, torch.from_numpy(mask))[0].cpu().numpy()
+        if soft:
+            return prob
+        return np.where(prob > 0.5, 255, 0).astype(np.uint8)
+
+    def refine_torch(self, image: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """Tensor twin of `refine`.
+
+        image: (3, H, W) uint8 RGB, or float RGB in [0, 1].
+        coarse: (H, W) or (1, H, W), bool or float probabilities in [0, 1] (uint8 as 0..255).
+        Returns (1, H, W) float32 probabilities in [0, 1] on the refiner's device.
+        """
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise InputError(f"image tensor must be (3, H, W), got {tuple(image.shape)}")
+        if coarse.dim() == 3 and coarse.shape[0] == 1:
+            coarse = coarse[0]
+        if coarse.dim() != 2:
+            raise InputError(f"mask tensor must be (H, W) or (1, H, W), got {tuple(coarse.shape)}")
+        height, width = image.shape[-2:]
+        if tuple(coarse.shape) != (height, width):
+            raise InputError(f"image is {height}x{width} but the mask is "
+                             f"{coarse.shape[0]}x{coarse.shape[1]}; they must be the same size")
+        check_size(height, width, self.max_pixels, "image")
+        image = image.to(self.device)
+        image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+        mask = coarse.to(self.device)
+        mask = mask.float() / 255.0 if mask.dtype == torch.uint8 and mask.max() > 1 else mask.float()
+        binary = mask > 0.5
+        if not binary.any() or binary.all():
+            warnings.warn("the coarse mask is empty or full; returning it unchanged", stacklevel=2)
+            return mask[None]
+        prob = refine_probability(self.model, image[None], mask[None, None], self.options)
+        return prob[0]
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,280 @@
+"""The training loop of SPEC section 3, on one CPU, one GPU or many (torchrun + DDP).
+
+`train(config)` runs until `config.iterations`, writing to `config.out`:
+- `last.pt`: a self-describing training checkpoint (model, optimiser, step, configs), written
+  atomically and read back with `weights_only=True`; `--resume` continues from it exactly
+  (same schedule, same data order and augmentations, as these derive from the step);
+- `best.safetensors` / `final.safetensors`: inference checkpoints (see `airm.checkpoint`);
+- `log.jsonl`: one JSON object per logged step or validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from airm.build import VARIANTS, build_model
+from airm.checkpoint import save_model
+from airm.config import ModelConfig
+from airm.data import Pair, RefinementDataset, find_pairs
+from airm.evaluation import ScoreAccumulator
+from airm.inference import InferenceOptions
+from airm.io import atomic_write, read_image, read_mask
+from airm.losses import LossWeights, refinement_losses
+from airm.pretrained import load_encoder_rgb_weights
+from airm.refiner import Refiner
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The one training configuration (its defaults are the only defaults)."""
+
+    data: tuple[str, ...]  # training roots (BIG or images/+masks/ layout)
+    out: str  # output folder
+    variant: str = "airm_efficientnet_lite0"
+    val: str | None = None  # a BIG-layout folder with <name>_seg.png coarse masks
+    encoder_weights: str | None = None  # RGB ImageNet weights for the encoder (local file)
+    batch_size: int = 8  # per process
+    iterations: int = 45_000
+    lr: float = 2.25e-4
+    lr_milestones: tuple[float, float] = (0.5, 0.83)  # x0.1 at these fractions of iterations
+    crop_size: int = 224
+    # Side of the window of each crop whose pixels are queried and scored (random position;
+    # crops are centred near a boundary). Smaller windows make steps cheaper.
+    query_size: int = 112
+    workers: int = 2
+    seed: int = 0
+    log_interval: int = 20
+    val_interval: int = 1000
+    val_limit: int | None = None  # validate on an evenly spread subset of this many images
+    checkpoint_interval: int = 200
+    loss: LossWeights = field(default_factory=LossWeights)
+    model_overrides: tuple[tuple[str, object], ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+class StepSampler(Sampler):
+    """Batches of sample ids for steps start..iterations-1, identical after a resume.
+
+    Each epoch is a seeded permutation of the dataset, split across processes; an id encodes
+    (epoch, index) as epoch * n + index so that augmentations depend on the epoch too.
+    """
+
+    def __init__(self, n: int, *, batch_size: int, rank: int, world: int, seed: int,
+                 start_step: int, iterations: int) -> None:
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
+        self.seed, self.start_step, self.iterations = seed, start_step, iterations
+        self.per_epoch = max(1, n // world)
+
+    def __len__(self) -> int:
+        return max(0, self.iterations - self.start_step)
+
+    def _ids(self, start: int) -> Iterator[int]:
+        epoch, offset = divmod(start, self.per_epoch)
+        while True:
+            perm = np.random.default_rng((self.seed, epoch)).permutation(self.n)
+            mine = perm[self.rank :: self.world][: self.per_epoch]
+            for index in mine[offset:]:
+                yield epoch * self.n + int(index)
+            epoch, offset = epoch + 1, 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        ids = self._ids(self.start_step * self.batch_size)
+        for _ in range(len(self)):
+            yield [next(ids) for _ in range(self.batch_size)]
+
+
+class EpochIndexedDataset(torch.utils.data.Dataset):
+    """Decodes StepSampler ids into (epoch, index) for RefinementDataset."""
+
+    def __init__(self, dataset: RefinementDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, sample_id: int):
+        epoch, index = divmod(sample_id, len(self.dataset))
+        self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
+def query_window(step: int, config: TrainConfig) -> tuple[int, int, int, int]:
+    """(top, left, size, size) of the queried window at this step (deterministic per step)."""
+    size = min(config.query_size, config.crop_size)
+    rng = np.random.default_rng((config.seed, step, 7))
+    centre, jitter = (config.crop_size - size) // 2, size // 4
+    top, left = np.clip(centre + rng.integers(-jitter, jitter + 1, size=2), 0, config.crop_size - size)
+    return int(top), int(left), size, size
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    return 0.1 ** sum(step >= int(m * config.iterations) for m in config.lr_milestones)
+
+
+def validate(model: torch.nn.Module, pairs: list[Pair], device: torch.device) -> dict:
+    """Coarse vs refined pooled IoU / mean IoU / mBA, overall and per source prefix."""
+    refiner = Refiner(model, device=device, options=InferenceOptions(), max_pixels=None)
+    coarse_all, refined_all = ScoreAccumulator(), ScoreAccumulator()
+    by_source: dict[str, tuple[ScoreAccumulator, ScoreAccumulator]] = {}
+    was_training = model.training
+    for pair in pairs:
+        image = read_image(pair.image, max_pixels=None)
+        gt = read_mask(pair.mask, max_pixels=None) > 0.5
+        coarse = read_mask(pair.coarse, max_pixels=None) > 0.5
+        refined = refiner.refine(image, coarse) > 127
+        source = pair.name.split("-")[0]
+        c_src, r_src = by_source.setdefault(source, (ScoreAccumulator(), ScoreAccumulator()))
+        for acc, pred in ((coarse_all, coarse), (refined_all, refined), (c_src, coarse), (r_src, refined)):
+            acc.add(pair.name, pred, gt)
+    model.train(was_training)
+    return {
+        "coarse": coarse_all.summary(),
+        "refined": refined_all.summary(),
+        "sources": {k: {"coarse": c.summary(), "refined": r.summary()} for k, (c, r) in by_source.items()},
+    }
+
+
+def _spread(pairs: list[Pair], limit: int | None) -> list[Pair]:
+    if limit is None or limit >= len(pairs):
+        return pairs
+    picks = np.linspace(0, len(pairs) - 1, limit).round().astype(int)
+    return [pairs[i] for i in picks]
+
+
+def save_training_state(path: Path, model, optimizer, step: int, config: TrainConfig, best: float) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "best": best,
+        "model_config": model.config.to_json(),
+        "train_config": config.to_json(),
+    }
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _setup_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return 0, 1, device
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    rank = dist.get_rank()
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def train(config: TrainConfig, *, resume: bool = False) -> Path:
+    """Train; returns the path of the final inference checkpoint."""
+    if config.variant not in VARIANTS:
+        raise ValueError(f"unknown variant {config.variant!r}; choose from {sorted(VARIANTS)}")
+    rank, world, device = _setup_distributed()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+
+    model = build_model(config.variant, **dict(config.model_overrides))
+    if config.encoder_weights and not resume:
+        load_encoder_rgb_weights(model, config.encoder_weights)
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    start, best = 0, -math.inf
+    last = out / "last.pt"
+    if resume and last.is_file():
+        state = torch.load(last, map_location=device, weights_only=True)
+        saved = ModelConfig.from_json(state["model_config"])
+        if saved != model.config:
+            raise ValueError(f"{last} was trained with another model config: {saved}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, best = int(state["step"]), float(state["best"])
+    net = DistributedDataParallel(model) if world > 1 else model
+
+    pairs = [p for root in config.data for p in find_pairs(root)]
+    dataset = EpochIndexedDataset(
+        RefinementDataset(pairs, crop_size=config.crop_size, seed=config.seed)
+    )
+    sampler = StepSampler(len(pairs), batch_size=config.batch_size, rank=rank, world=world,
+                          seed=config.seed, start_step=start, iterations=config.iterations)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.workers,
+                        persistent_workers=False, pin_memory=device.type == "cuda")
+    val_pairs = _spread(find_pairs(config.val), config.val_limit) if config.val else []
+    val_pairs = [p for p in val_pairs if p.coarse is not None]
+    log_path = out / "log.jsonl"
+    if rank == 0 and not resume:
+        log_path.write_text(json.dumps({"event": "config", "train": json.loads(config.to_json()),
+                                        "model": json.loads(model.config.to_json())}) + "\n")
+
+    def log(record: dict) -> None:
+        with log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    bar = tqdm(total=config.iterations, initial=start, disable=rank != 0, dynamic_ncols=True)
+    running: dict[str, float] = {}
+    tic = time.time()
+    step = start
+    for step, (image, coarse, gt) in enumerate(loader, start=start + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * lr_factor(step - 1, config)
+        image, coarse, gt = image.to(device), coarse.to(device), gt.to(device)
+        window = query_window(step, config)
+        output = net(image, coarse, window=window)
+        top, left, size, _ = window
+        gt = gt[..., top : top + size, left : left + size]
+        losses = refinement_losses(output.logits, gt, config.loss, affinity=output.affinity,
+                                   affinity_size=output.affinity_size)
+        optimizer.zero_grad(set_to_none=True)
+        losses.total.backward()
+        optimizer.step()
+        for k, v in losses.as_floats().items():
+            running[k] = running.get(k, 0.0) + v
+        bar.update(1)
+        if step % config.log_interval == 0:
+            avg = {k: v / config.log_interval for k, v in running.items()}
+            speed = config.log_interval / (time.time() - tic)
+            bar.set_postfix(loss=f"{avg['total']:.4f}", it_s=f"{speed:.2f}")
+            if rank == 0:
+                log({"event": "train", "step": step, "lr": optimizer.param_groups[0]["lr"],
+                     "it_per_s": speed, **avg})
+            running, tic = {}, time.time()
+        if rank == 0 and (step % config.checkpoint_interval == 0 or step == config.iterations):
+            save_training_state(last, model, optimizer, step, config, best)
+        if rank == 0 and val_pairs and (step % config.val_interval == 0 or step == config.iterations):
+            scores = validate(model, val_pairs, device)
+            log({"event": "val", "step": step, **scores})
+            gain = scores["refined"]["iou"] - scores["coarse"]["iou"] + scores["refined"]["mba"] - scores["coarse"]["mba"]
+            tqdm.write(f"step {step}: coarse {scores['coarse']['iou']:.2f}/{scores['coarse']['mba']:.2f}"
+                       f" refined {scores['refined']['iou']:.2f}/{scores['refined']['mba']:.2f}")
+            if gain > best:
+                best = gain
+                save_model(model, out / "best.safetensors", metadata={"step": str(step)})
+            save_training_state(last, model, optimizer, step, config, best)
+            tic = time.time()
+    bar.close()
+    final = out / "final.safetensors"
+    if rank == 0:
+        save_model(model, final, metadata={"step": str(step)})
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return final

@@ -1,0 +1,112 @@
+import pytest
+import torch
+
+from airm import VARIANTS
+from airm.modeling import implicit_decoder
+from airm.modeling.implicit_function import ImplicitFunction
+from conftest import TINY, tiny_model
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_forward_backward(variant):
+    model = tiny_model(variant).train()
+    image, mask = torch.rand(2, 3, 64, 96), (torch.rand(2, 1, 64, 96) > 0.5).float()
+    out = model(image, mask)
+    assert out.logits.shape == (2, 1, 64, 96)
+    assert torch.isfinite(out.logits).all()
+    loss = out.logits.mean() + (out.affinity.mean() if out.affinity is not None else 0)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("variant", ["airm_mit_b0", "airm_efficientnet_lite0"])
+def test_affinity_shape_and_symmetry(variant):
+    model = tiny_model(variant).train()
+    out = model(torch.rand(2, 3, 64, 96), torch.rand(2, 1, 64, 96))
+    h, w = 64 // 16, 96 // 16
+    assert out.affinity_size == (h, w)
+    assert out.affinity.shape == (2, h * w, h * w)
+    assert torch.allclose(out.affinity, out.affinity.transpose(1, 2), atol=1e-6)
+    assert ((out.affinity > 0) & (out.affinity <= 1)).all()
+
+
+def test_no_affinity_at_inference():
+    model = tiny_model("airm_mit_b0").eval()
+    assert model(torch.rand(1, 3, 64, 64), torch.rand(1, 1, 64, 64)).affinity is None
+
+
+def test_zero_modulation_equals_shared_function():
+    airmf = tiny_model("airm_efficientnet_lite0")
+    sirmf = tiny_model("airm_efficientnet_lite0", modulation=False)
+    shared = {k: v for k, v in airmf.state_dict().items() if not k.startswith("hypernetwork.")}
+    sirmf.load_state_dict(shared)
+    image, mask = torch.rand(1, 3, 64, 64), torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        # At initialisation A B = 0 by design; give the factors values to modulate with.
+        airmf.hypernetwork.head.bias.normal_(0.0, 0.5)
+        modulated = airmf(image, mask).logits
+        airmf.hypernetwork.head.weight.zero_()
+        airmf.hypernetwork.head.bias.zero_()
+        unmodulated = airmf(image, mask).logits
+        assert torch.equal(unmodulated, sirmf(image, mask).logits)
+    assert not torch.allclose(modulated, unmodulated)
+
+
+def test_decoder_equals_concatenated_mlp():
+    """The split first layer computes LIIF's MLP on [feature, rel, abs, cell] exactly."""
+    torch.manual_seed(0)
+    c = 5
+    f = ImplicitFunction(in_dim=c + implicit_decoder.COORD_DIMS, hidden_dims=(7, 7))
+    features = torch.randn(1, c, 3, 4)
+    params = f.layer_params(None)
+    state = implicit_decoder.prepare(features, params)
+    coords = torch.rand(1, 10, 2) * 2 - 1
+    cell = torch.tensor([[0.3, 0.2]])
+    got = implicit_decoder.query(state, coords, cell)
+
+    index, rel, weights = implicit_decoder.neighbours(coords, (3, 4))
+    table = features[0].reshape(c, -1).t()  # (h * w, C)
+    expected = torch.zeros(10)
+    for k in range(4):
+        x = torch.cat([table[index[0, :, k]], rel[0, :, k], coords[0], cell.expand(10, 2)], dim=1)
+        for layer, (w, b) in enumerate(zip(f.weights, f.biases, strict=True)):
+            x = torch.nn.functional.linear(x if layer == 0 else torch.relu(x), w, b)
+        expected += x[:, 0] * weights[0, :, k]
+    assert torch.allclose(got[0], expected, atol=1e-5)
+
+
+def test_chunked_queries_equal_one_chunk():
+    model = tiny_model("airm_mit_b0")
+    image, mask = torch.rand(2, 3, 64, 80), torch.rand(2, 1, 64, 80)
+    with torch.no_grad():
+        whole = model(image, mask).logits
+        chunked = model(image, mask, chunk_size=333).logits
+    assert torch.allclose(whole, chunked, atol=1e-5)
+
+
+def test_ensemble_weights_sum_to_one_and_are_bilinear_inside():
+    coords = torch.rand(1, 500, 2) * 2 - 1
+    _, rel, weights = implicit_decoder.neighbours(coords, (7, 9))
+    assert torch.allclose(weights.sum(-1), torch.ones(1, 500), atol=1e-6)
+    assert (weights >= 0).all()
+    # Away from the border the area weights are bilinear weights: 1 - |offset| per axis.
+    inside = ((coords[..., 0].abs() < 0.8) & (coords[..., 1].abs() < 0.8))[0]
+    bilinear = (1 - rel[..., 0].abs()) * (1 - rel[..., 1].abs())
+    assert torch.allclose(weights[0, inside], bilinear[0, inside], atol=1e-5)
+
+
+def test_window_matches_full_query():
+    model = tiny_model("airm_efficientnet_lite0")
+    image, mask = torch.rand(1, 3, 64, 64), torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        full = model(image, mask).logits
+        part = model(image, mask, window=(8, 16, 24, 20)).logits
+    assert torch.allclose(full[..., 8:32, 16:36], part, atol=1e-5)
+
+
+def test_mit_last_stage_at_stride16():
+    model = tiny_model("airm_mit_b0")
+    out = model.encoder(torch.rand(1, 4, 64, 64))
+    assert [s.shape[-1] for s in out.stages] == [16, 8, 4, 4]
+    assert TINY["feature_dim"] == model.pixel_features.fuse[0].out_channels
