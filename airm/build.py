@@ -71,9 +71,7 @@ def airm_mit_b1_config() -> ModelConfig:
 
 
 def airm_efficientnet_lite0_config() -> ModelConfig:
-    return ModelConfig(
-        encoder="tf_efficientnet_lite0", pixel_mean=LITE_MEAN, pixel_std=LITE_STD
-    )
+    return ModelConfig(encoder="tf_efficientnet_lite0", pixel_mean=LITE_MEAN, pixel_std=LITE_STD)
 
 
 def sirmf_efficientnet_lite0_config() -> ModelConfig:

@@ -25,7 +25,9 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or does not fit the network."""
 
 
-def save_model(model: AIRM, path: str | os.PathLike, *, metadata: dict[str, str] | None = None) -> None:
+def save_model(
+    model: AIRM, path: str | os.PathLike, *, metadata: dict[str, str] | None = None
+) -> None:
     """Write the model's weights and config to `path` (safetensors), atomically."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "config": model.config.to_json(), **(metadata or {})}
@@ -63,7 +65,11 @@ def load_state(model: AIRM, tensors: dict[str, torch.Tensor], *, source: str) ->
     wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
     if missing or unexpected or wrong:
         parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", wrong),
+        ):
             if keys:
                 parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
         raise CheckpointError(

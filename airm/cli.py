@@ -32,8 +32,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: shipped model)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0")
     p.add_argument("--scales", default=None, help="comma-separated scales, e.g. 0.125,0.25,0.5,1")
-    p.add_argument("--max-pixels", type=int, default=None,
-                   help=f"refuse larger images (default {DEFAULT_MAX_PIXELS})")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help=f"refuse larger images (default {DEFAULT_MAX_PIXELS})",
+    )
     p.add_argument("--overwrite", action="store_true", help="in folder mode, redo existing outputs")
     return p.parse_args(argv)
 
@@ -50,7 +54,9 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def match_folders(images: Path, coarse: Path, out: Path) -> tuple[list[tuple[Path, Path, Path]], list[str]]:
+def match_folders(
+    images: Path, coarse: Path, out: Path
+) -> tuple[list[tuple[Path, Path, Path]], list[str]]:
     """(image, coarse, output) triples for every image with a mask; and the unmatched names."""
     masks: dict[str, Path] = {}
     for m in _images(coarse):

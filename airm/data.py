@@ -7,6 +7,8 @@ Two layouts are read, several roots at once:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ class Pair:
     image: Path
     mask: Path
     coarse: Path | None = None  # BIG validation folders carry `<name>_seg.png`
+    source: str = ""  # from the folder's manifest.json when present, else the name's prefix
 
 
 def find_pairs(root: str | os.PathLike) -> list[Pair]:
@@ -37,7 +40,9 @@ def find_pairs(root: str | os.PathLike) -> list[Pair]:
         raise FileNotFoundError(f"data folder not found: {root}")
     pairs = []
     if (root / "images").is_dir() and (root / "masks").is_dir():
-        masks = {p.stem: p for p in (root / "masks").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        masks = {
+            p.stem: p for p in (root / "masks").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+        }
         for image in sorted((root / "images").iterdir()):
             if image.suffix.lower() in IMAGE_SUFFIXES and image.stem in masks:
                 pairs.append(Pair(image.stem, image, masks[image.stem]))
@@ -53,7 +58,20 @@ def find_pairs(root: str | os.PathLike) -> list[Pair]:
                 pairs.append(Pair(name, image, gt, seg if seg.is_file() else None))
     if not pairs:
         raise FileNotFoundError(f"no image/mask pairs in {root} (BIG or images/+masks/ layout)")
-    return pairs
+    sources = _manifest_sources(root)
+    return [dataclasses.replace(p, source=sources.get(p.name, p.name.split("-")[0])) for p in pairs]
+
+
+def _manifest_sources(root: Path) -> dict[str, str]:
+    """name -> source from a `manifest.json` list of {"name", "source", ...}, if there is one."""
+    path = root / "manifest.json"
+    if not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text())
+        return {e["name"]: str(e["source"]) for e in entries if "name" in e and "source" in e}
+    except (ValueError, TypeError, KeyError):
+        return {}
 
 
 def make_coarse(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -44,4 +44,9 @@ class ScoreAccumulator:
         return 100.0 * float(np.mean(self.bas)) if self.bas else float("nan")
 
     def summary(self) -> dict[str, float]:
-        return {"iou": self.pooled_iou, "mean_iou": self.mean_iou, "mba": self.mba, "n": len(self.ious)}
+        return {
+            "iou": self.pooled_iou,
+            "mean_iou": self.mean_iou,
+            "mba": self.mba,
+            "n": len(self.ious),
+        }

@@ -74,6 +74,37 @@ def boundary_band(prob: torch.Tensor, band: int, uncertain: tuple[float, float])
 
 
 @torch.no_grad()
+def refine_at_scale(
+    model: AIRM,
+    image: torch.Tensor,
+    prob: torch.Tensor,
+    *,
+    band: int | None,
+    uncertain: tuple[float, float] = (0.02, 0.98),
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """One step of the loop at the inputs' own size.
+
+    image: (1, 3, h, w) RGB in [0, 1]; prob: (1, 1, h, w) current mask in [0, 1].
+    band: query only the boundary band of `prob` (see `boundary_band`), or every pixel (None).
+    Returns the new (1, 1, h, w) probabilities; unqueried pixels keep `prob`.
+    """
+    size = tuple(image.shape[-2:])
+    encoded = model.encode(image, prob)
+    coords = pixel_centres(*size, device=image.device)
+    selected = None
+    if band is not None:
+        selected = boundary_band(prob, band, uncertain).flatten().nonzero()[:, 0]
+        coords = coords[selected]
+        if coords.shape[0] == 0:
+            return prob
+    logits = model.query(encoded, coords.unsqueeze(0), out_size=size, chunk_size=chunk_size)
+    refined = torch.sigmoid(logits[0].float())
+    if selected is None:
+        return refined.reshape(1, 1, *size)
+    return prob.flatten().index_put((selected,), refined).reshape(1, 1, *size)
+
+
 def refine_probability(
     model: AIRM, image: torch.Tensor, mask: torch.Tensor, options: InferenceOptions
 ) -> torch.Tensor:
@@ -85,23 +116,12 @@ def refine_probability(
     height, width = image.shape[-2:]
     prob = mask
     for i, size in enumerate(scale_sizes(height, width, options)):
-        image_s = _resize(image, size)
-        prob = _resize(prob, size).clamp(0, 1)
-        encoded = model.encode(image_s, prob)
-        coords = pixel_centres(*size, device=image.device)
-        if i == 0 or options.band is None:
-            selected = None
-        else:
-            selected = boundary_band(prob, options.band, options.uncertain).flatten().nonzero()[:, 0]
-            coords = coords[selected]
-        if coords.shape[0] == 0:
-            continue
-        logits = model.query(
-            encoded, coords.unsqueeze(0), out_size=size, chunk_size=options.chunk_size
+        prob = refine_at_scale(
+            model,
+            _resize(image, size),
+            _resize(prob, size).clamp(0, 1),
+            band=None if i == 0 else options.band,
+            uncertain=options.uncertain,
+            chunk_size=options.chunk_size,
         )
-        refined = torch.sigmoid(logits[0].float())
-        if selected is None:
-            prob = refined.reshape(1, 1, *size)
-        else:
-            prob = prob.flatten().index_put((selected,), refined).reshape(1, 1, *size)
     return prob

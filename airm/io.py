@@ -119,17 +119,23 @@ def normalize_mask(mask: np.ndarray) -> np.ndarray:
     return (mask.astype(np.float32) / 255.0).clip(0, 1)
 
 
-def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(
+    path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Read an image file as HxWx3 uint8 RGB (EXIF orientation applied)."""
     image = _open(path, max_pixels)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return normalize_image(np.asarray(image, dtype=np.uint16 if "16" in image.mode else np.int32))
+        return normalize_image(
+            np.asarray(image, dtype=np.uint16 if "16" in image.mode else np.int32)
+        )
     if image.mode != "RGB":
         image = image.convert("RGB")
-    return np.asarray(image)
+    return np.array(image)  # writable, unlike np.asarray of a PIL image
 
 
-def read_mask(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_mask(
+    path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Read a mask file as HxW float32 in [0, 1] (see the module docstring for the rules)."""
     image = _open(path, max_pixels)
     if image.mode == "P":

@@ -34,7 +34,10 @@ class Losses:
     affinity: torch.Tensor
 
     def as_floats(self) -> dict[str, float]:
-        return {k: float(getattr(self, k).detach()) for k in ("total", "bce", "l1", "l2", "gradient", "affinity")}
+        return {
+            k: float(getattr(self, k).detach())
+            for k in ("total", "bce", "l1", "l2", "gradient", "affinity")
+        }
 
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 4.0
@@ -79,7 +82,9 @@ def affinity_labels(
     return same & near, differ & near
 
 
-def affinity_loss(affinity: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+def affinity_loss(
+    affinity: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor
+) -> torch.Tensor:
     """AFA's form: mean(1 - a) over positive pairs plus mean(a) over negative pairs."""
     zero = affinity.sum() * 0.0
     pos = (1 - affinity)[positive].mean() if positive.any() else zero

@@ -73,7 +73,9 @@ def load_encoder_rgb_weights(model: AIRM, path: str | os.PathLike) -> list[str]:
         first = "patch_embed.proj.weight"
     else:
         first = next(k for k in target if k.endswith("weight") and target[k].dim() == 4)
-        if not set(target) - {k for k in target if k.endswith("num_batches_tracked")} <= set(source):
+        if not set(target) - {k for k in target if k.endswith("num_batches_tracked")} <= set(
+            source
+        ):
             source = _map_in_order(source, target)
     unused = sorted(set(source) - set(target))
     state = {k: v for k, v in source.items() if k in target}

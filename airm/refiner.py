@@ -48,8 +48,10 @@ class Refiner:
         image = normalize_image(image)
         mask = normalize_mask(coarse)
         if image.shape[:2] != mask.shape:
-            raise InputError(f"image is {image.shape[0]}x{image.shape[1]} but the mask is "
-                             f"{mask.shape[0]}x{mask.shape[1]}; they must be the same size")
+            raise InputError(
+                f"image is {image.shape[0]}x{image.shape[1]} but the mask is "
+                f"{mask.shape[0]}x{mask.shape[1]}; they must be the same size"
+            )
         image_t = torch.from_numpy(image).permute(2, 0, 1)
         prob = self.refine_torch(image_t, torch.from_numpy(mask))[0].cpu().numpy()
         if soft:
@@ -71,13 +73,17 @@ class Refiner:
             raise InputError(f"mask tensor must be (H, W) or (1, H, W), got {tuple(coarse.shape)}")
         height, width = image.shape[-2:]
         if tuple(coarse.shape) != (height, width):
-            raise InputError(f"image is {height}x{width} but the mask is "
-                             f"{coarse.shape[0]}x{coarse.shape[1]}; they must be the same size")
+            raise InputError(
+                f"image is {height}x{width} but the mask is "
+                f"{coarse.shape[0]}x{coarse.shape[1]}; they must be the same size"
+            )
         check_size(height, width, self.max_pixels, "image")
         image = image.to(self.device)
         image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
         mask = coarse.to(self.device)
-        mask = mask.float() / 255.0 if mask.dtype == torch.uint8 and mask.max() > 1 else mask.float()
+        mask = (
+            mask.float() / 255.0 if mask.dtype == torch.uint8 and mask.max() > 1 else mask.float()
+        )
         binary = mask > 0.5
         if not binary.any() or binary.all():
             warnings.warn("the coarse mask is empty or full; returning it unchanged", stacklevel=2)

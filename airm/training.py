@@ -75,8 +75,17 @@ class StepSampler(Sampler):
     (epoch, index) as epoch * n + index so that augmentations depend on the epoch too.
     """
 
-    def __init__(self, n: int, *, batch_size: int, rank: int, world: int, seed: int,
-                 start_step: int, iterations: int) -> None:
+    def __init__(
+        self,
+        n: int,
+        *,
+        batch_size: int,
+        rank: int,
+        world: int,
+        seed: int,
+        start_step: int,
+        iterations: int,
+    ) -> None:
         self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
         self.seed, self.start_step, self.iterations = seed, start_step, iterations
         self.per_epoch = max(1, n // world)
@@ -119,7 +128,9 @@ def query_window(step: int, config: TrainConfig) -> tuple[int, int, int, int]:
     size = min(config.query_size, config.crop_size)
     rng = np.random.default_rng((config.seed, step, 7))
     centre, jitter = (config.crop_size - size) // 2, size // 4
-    top, left = np.clip(centre + rng.integers(-jitter, jitter + 1, size=2), 0, config.crop_size - size)
+    top, left = np.clip(
+        centre + rng.integers(-jitter, jitter + 1, size=2), 0, config.crop_size - size
+    )
     return int(top), int(left), size, size
 
 
@@ -138,15 +149,22 @@ def validate(model: torch.nn.Module, pairs: list[Pair], device: torch.device) ->
         gt = read_mask(pair.mask, max_pixels=None) > 0.5
         coarse = read_mask(pair.coarse, max_pixels=None) > 0.5
         refined = refiner.refine(image, coarse) > 127
-        source = pair.name.split("-")[0]
+        source = pair.source
         c_src, r_src = by_source.setdefault(source, (ScoreAccumulator(), ScoreAccumulator()))
-        for acc, pred in ((coarse_all, coarse), (refined_all, refined), (c_src, coarse), (r_src, refined)):
+        for acc, pred in (
+            (coarse_all, coarse),
+            (refined_all, refined),
+            (c_src, coarse),
+            (r_src, refined),
+        ):
             acc.add(pair.name, pred, gt)
     model.train(was_training)
     return {
         "coarse": coarse_all.summary(),
         "refined": refined_all.summary(),
-        "sources": {k: {"coarse": c.summary(), "refined": r.summary()} for k, (c, r) in by_source.items()},
+        "sources": {
+            k: {"coarse": c.summary(), "refined": r.summary()} for k, (c, r) in by_source.items()
+        },
     }
 
 
@@ -157,7 +175,9 @@ def _spread(pairs: list[Pair], limit: int | None) -> list[Pair]:
     return [pairs[i] for i in picks]
 
 
-def save_training_state(path: Path, model, optimizer, step: int, config: TrainConfig, best: float) -> None:
+def save_training_state(
+    path: Path, model, optimizer, step: int, config: TrainConfig, best: float
+) -> None:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -184,8 +204,11 @@ def _setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def train(config: TrainConfig, *, resume: bool = False) -> Path:
-    """Train; returns the path of the final inference checkpoint."""
+def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = None) -> Path:
+    """Train; returns the path of the final inference checkpoint.
+
+    stop_at: end after this step (checkpointed) as an interrupted run would, without exporting.
+    """
     if config.variant not in VARIANTS:
         raise ValueError(f"unknown variant {config.variant!r}; choose from {sorted(VARIANTS)}")
     rank, world, device = _setup_distributed()
@@ -214,16 +237,36 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     dataset = EpochIndexedDataset(
         RefinementDataset(pairs, crop_size=config.crop_size, seed=config.seed)
     )
-    sampler = StepSampler(len(pairs), batch_size=config.batch_size, rank=rank, world=world,
-                          seed=config.seed, start_step=start, iterations=config.iterations)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.workers,
-                        persistent_workers=False, pin_memory=device.type == "cuda")
+    sampler = StepSampler(
+        len(pairs),
+        batch_size=config.batch_size,
+        rank=rank,
+        world=world,
+        seed=config.seed,
+        start_step=start,
+        iterations=min(config.iterations, stop_at or config.iterations),
+    )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=config.workers,
+        persistent_workers=False,
+        pin_memory=device.type == "cuda",
+    )
     val_pairs = _spread(find_pairs(config.val), config.val_limit) if config.val else []
     val_pairs = [p for p in val_pairs if p.coarse is not None]
     log_path = out / "log.jsonl"
     if rank == 0 and not resume:
-        log_path.write_text(json.dumps({"event": "config", "train": json.loads(config.to_json()),
-                                        "model": json.loads(model.config.to_json())}) + "\n")
+        log_path.write_text(
+            json.dumps(
+                {
+                    "event": "config",
+                    "train": json.loads(config.to_json()),
+                    "model": json.loads(model.config.to_json()),
+                }
+            )
+            + "\n"
+        )
 
     def log(record: dict) -> None:
         with log_path.open("a") as f:
@@ -241,8 +284,13 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
         output = net(image, coarse, window=window)
         top, left, size, _ = window
         gt = gt[..., top : top + size, left : left + size]
-        losses = refinement_losses(output.logits, gt, config.loss, affinity=output.affinity,
-                                   affinity_size=output.affinity_size)
+        losses = refinement_losses(
+            output.logits,
+            gt,
+            config.loss,
+            affinity=output.affinity,
+            affinity_size=output.affinity_size,
+        )
         optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
         optimizer.step()
@@ -254,17 +302,37 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
             speed = config.log_interval / (time.time() - tic)
             bar.set_postfix(loss=f"{avg['total']:.4f}", it_s=f"{speed:.2f}")
             if rank == 0:
-                log({"event": "train", "step": step, "lr": optimizer.param_groups[0]["lr"],
-                     "it_per_s": speed, **avg})
+                log(
+                    {
+                        "event": "train",
+                        "step": step,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "it_per_s": speed,
+                        **avg,
+                    }
+                )
             running, tic = {}, time.time()
-        if rank == 0 and (step % config.checkpoint_interval == 0 or step == config.iterations):
+        if rank == 0 and (
+            step % config.checkpoint_interval == 0 or step in (config.iterations, stop_at)
+        ):
             save_training_state(last, model, optimizer, step, config, best)
-        if rank == 0 and val_pairs and (step % config.val_interval == 0 or step == config.iterations):
+        if (
+            rank == 0
+            and val_pairs
+            and (step % config.val_interval == 0 or step == config.iterations)
+        ):
             scores = validate(model, val_pairs, device)
             log({"event": "val", "step": step, **scores})
-            gain = scores["refined"]["iou"] - scores["coarse"]["iou"] + scores["refined"]["mba"] - scores["coarse"]["mba"]
-            tqdm.write(f"step {step}: coarse {scores['coarse']['iou']:.2f}/{scores['coarse']['mba']:.2f}"
-                       f" refined {scores['refined']['iou']:.2f}/{scores['refined']['mba']:.2f}")
+            gain = (
+                scores["refined"]["iou"]
+                - scores["coarse"]["iou"]
+                + scores["refined"]["mba"]
+                - scores["coarse"]["mba"]
+            )
+            tqdm.write(
+                f"step {step}: coarse {scores['coarse']['iou']:.2f}/{scores['coarse']['mba']:.2f}"
+                f" refined {scores['refined']['iou']:.2f}/{scores['refined']['mba']:.2f}"
+            )
             if gain > best:
                 best = gain
                 save_model(model, out / "best.safetensors", metadata={"step": str(step)})
@@ -272,7 +340,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
             tic = time.time()
     bar.close()
     final = out / "final.safetensors"
-    if rank == 0:
+    if rank == 0 and step == config.iterations:
         save_model(model, final, metadata={"step": str(step)})
     if world > 1:
         dist.barrier()

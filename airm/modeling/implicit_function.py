@@ -54,7 +54,9 @@ class ImplicitFunction(nn.Module):
         for out_dim, layer_in in self.layer_shapes:
             # nn.Linear's default initialisation.
             bound = 1.0 / math.sqrt(layer_in)
-            self.weights.append(nn.Parameter(torch.empty(out_dim, layer_in).uniform_(-bound, bound)))
+            self.weights.append(
+                nn.Parameter(torch.empty(out_dim, layer_in).uniform_(-bound, bound))
+            )
             self.biases.append(nn.Parameter(torch.empty(out_dim).uniform_(-bound, bound)))
 
     def layer_params(self, modulation: list[LayerModulation] | None) -> list[LayerParams]:

@@ -1,0 +1,62 @@
+import pytest
+import torch
+from conftest import tiny_model
+
+from airm import CheckpointError, load_model, load_weights, save_model
+
+
+def test_round_trip_gives_identical_outputs(tmp_path):
+    model = tiny_model("airm_mit_b0")
+    path = tmp_path / "m.safetensors"
+    save_model(model, path)
+    loaded = load_model(path)
+    assert loaded.config == model.config
+    image, mask = torch.rand(1, 3, 64, 64), torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(image, mask).logits, loaded(image, mask).logits)
+
+
+def test_checkpoint_of_another_variant_is_refused(tmp_path):
+    path = tmp_path / "sirmf.safetensors"
+    save_model(tiny_model("airm_efficientnet_lite0", modulation=False), path)
+    with pytest.raises(CheckpointError, match="different variant"):
+        load_weights(tiny_model("airm_efficientnet_lite0"), path)
+
+
+def test_tensors_that_do_not_fit_are_named(tmp_path):
+    from safetensors.torch import save_file
+
+    model = tiny_model("airm_mit_b0")
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    tensors.pop("mask_skip")
+    path = tmp_path / "broken.safetensors"
+    save_file(
+        tensors, str(path), metadata={"format": "airm-model-1", "config": model.config.to_json()}
+    )
+    with pytest.raises(CheckpointError, match="missing.*mask_skip"):
+        load_model(path)
+
+
+def test_missing_truncated_and_pickled_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "nope.safetensors")
+    path = tmp_path / "m.safetensors"
+    save_model(tiny_model("airm_mit_b0"), path)
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_model(truncated)
+    pickled = tmp_path / "model.pth"
+    torch.save({"weights": torch.zeros(3)}, pickled)
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_model(pickled)
+
+
+def test_plain_safetensors_is_not_an_airm_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file({"x": torch.zeros(2)}, str(path))
+    with pytest.raises(CheckpointError, match="not an airm model"):
+        load_model(path)

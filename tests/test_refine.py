@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+import torch
+from conftest import disc_pair, tiny_model
+
+import airm
+from airm import InferenceOptions, InputError, Refiner
+from airm.inference import boundary_band, refine_at_scale, refine_probability, scale_sizes
+
+
+@pytest.fixture(scope="module")
+def refiner():
+    return Refiner(
+        tiny_model("airm_efficientnet_lite0"), device="cpu", options=InferenceOptions(min_size=32)
+    )
+
+
+def test_odd_sizes_binary_output(refiner):
+    image, coarse = disc_pair(75, 133)
+    out = refiner.refine(image, coarse)
+    assert out.shape == (75, 133) and out.dtype == np.uint8
+    assert set(np.unique(out)) <= {0, 255}
+
+
+def test_soft_output(refiner):
+    image, coarse = disc_pair(70, 90)
+    soft = refiner.refine(image, coarse > 0, soft=True)
+    assert soft.shape == (70, 90) and soft.dtype == np.float32
+    assert 0.0 <= soft.min() and soft.max() <= 1.0
+    assert np.array_equal(refiner.refine(image, coarse), np.where(soft > 0.5, 255, 0))
+
+
+def test_mask_encodings_give_the_same_result(refiner):
+    image, coarse = disc_pair(64, 64)
+    reference = refiner.refine(image, coarse)
+    for mask in (coarse > 0, (coarse > 0).astype(np.uint8), (coarse > 0).astype(np.float32)):
+        assert np.array_equal(refiner.refine(image, mask), reference)
+
+
+def test_tensor_twin(refiner):
+    image, coarse = disc_pair(64, 80)
+    prob = refiner.refine_torch(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(coarse))
+    assert prob.shape == (1, 64, 80) and prob.dtype == torch.float32
+    assert np.allclose(prob[0].numpy(), refiner.refine(image, coarse, soft=True))
+
+
+def test_size_mismatch_empty_and_full(refiner):
+    image, coarse = disc_pair(64, 64)
+    with pytest.raises(InputError, match="same size"):
+        refiner.refine(image, coarse[:60])
+    for mask in (np.zeros((64, 64), np.uint8), np.full((64, 64), 255, np.uint8)):
+        with pytest.warns(UserWarning, match="empty or full"):
+            assert np.array_equal(refiner.refine(image, mask), mask)
+
+
+def test_pixel_limit(refiner):
+    image, coarse = disc_pair(64, 64)
+    small = Refiner(refiner.model, device="cpu", max_pixels=1000)
+    with pytest.raises(InputError, match="above the limit"):
+        small.refine(image, coarse)
+
+
+def test_single_full_scale_equals_the_network():
+    model = tiny_model("airm_mit_b0")
+    image, mask = torch.rand(1, 3, 64, 96), torch.rand(1, 1, 64, 96)
+    options = InferenceOptions(scales=(1.0,), band=None, min_size=1)
+    with torch.no_grad():
+        direct = torch.sigmoid(model(image, mask).logits)
+    assert torch.allclose(refine_probability(model, image, mask, options), direct, atol=1e-6)
+
+
+def test_band_limited_step_agrees_with_the_full_step():
+    """Inside the band the shortcut gives the full result; outside it keeps the input."""
+    model = tiny_model("airm_efficientnet_lite0")
+    image, coarse = disc_pair(96, 112)
+    img = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    prob = torch.nn.functional.avg_pool2d(
+        torch.from_numpy(coarse)[None, None].float() / 255, 5, 1, 2, count_include_pad=False
+    )
+    full = refine_at_scale(model, img, prob, band=None)
+    shortcut = refine_at_scale(model, img, prob, band=4, chunk_size=1000)
+    band = boundary_band(prob, 4, (0.02, 0.98))
+    assert 0 < band.sum() < band.numel() / 2
+    assert torch.allclose(shortcut[band], full[band], atol=1e-5)
+    assert torch.equal(shortcut[~band], prob[~band])
+
+
+def test_scale_sizes_respect_the_training_crop():
+    options = InferenceOptions()
+    assert scale_sizes(480, 854, options)[0][0] == 224
+    assert scale_sizes(4000, 6000, options) == [
+        (500, 750),
+        (1000, 1500),
+        (2000, 3000),
+        (4000, 6000),
+    ]
+    assert scale_sizes(300, 300, options) == [(224, 224), (300, 300)]
+
+
+def test_missing_default_model_names_the_checkpoint_option(monkeypatch, tmp_path):
+    monkeypatch.setattr(airm.api, "DEFAULT_CHECKPOINT", tmp_path / "absent.safetensors")
+    image, coarse = disc_pair(32, 32)
+    with pytest.raises(airm.ModelNotFoundError, match="checkpoint"):
+        airm.refine(image, coarse)
+
+
+def test_refine_function_with_a_checkpoint(tiny_checkpoint):
+    image, coarse = disc_pair(50, 70)
+    out = airm.refine(image, coarse, checkpoint=tiny_checkpoint, min_size=32)
+    assert out.shape == (50, 70) and out.dtype == np.uint8

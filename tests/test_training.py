@@ -1,0 +1,133 @@
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from conftest import TINY, disc_pair
+from PIL import Image
+
+from airm import load_model
+from airm.data import RefinementDataset, find_pairs
+from airm.losses import LossWeights, affinity_labels, refinement_losses
+from airm.perturb import perturb_mask
+from airm.training import StepSampler, TrainConfig, train
+
+
+@pytest.fixture
+def big_folder(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    for i in range(6):
+        image, _ = disc_pair(80 + 8 * i, 96, seed=i)
+        truth = image[..., 0] > 120
+        Image.fromarray(image).save(root / f"s{i}_im.jpg")
+        Image.fromarray(truth.astype(np.uint8) * 255).save(root / f"s{i}_gt.png")
+        Image.fromarray(np.roll(truth, 3, axis=1).astype(np.uint8) * 255).save(
+            root / f"s{i}_seg.png"
+        )
+    return root
+
+
+def tiny_config(data, out, **kw) -> TrainConfig:
+    fields = dict(
+        data=(str(data),),
+        out=str(out),
+        batch_size=2,
+        iterations=4,
+        crop_size=64,
+        query_size=32,
+        workers=0,
+        log_interval=1,
+        checkpoint_interval=100,
+        model_overrides=tuple(TINY.items()),
+    )
+    return TrainConfig(**{**fields, **kw})
+
+
+def test_dataset_items(big_folder):
+    pairs = find_pairs(big_folder)
+    assert len(pairs) == 6 and all(p.coarse is not None for p in pairs)
+    image, coarse, gt = RefinementDataset(pairs, crop_size=64)[0]
+    assert image.shape == (3, 64, 64) and coarse.shape == gt.shape == (1, 64, 64)
+    assert 0 <= image.min() and image.max() <= 1 and set(gt.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_perturbation_reaches_its_target():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:200, :200]
+    gt = (yy - 100) ** 2 + (xx - 100) ** 2 < 60**2
+    coarse = perturb_mask(gt, rng, iou_target=0.85)
+    iou = (coarse & gt).sum() / (coarse | gt).sum()
+    assert 0.6 < iou < 0.85
+
+
+def test_sampler_resumes_where_it_stopped():
+    whole = list(StepSampler(10, batch_size=3, rank=0, world=1, seed=1, start_step=0, iterations=7))
+    tail = list(StepSampler(10, batch_size=3, rank=0, world=1, seed=1, start_step=4, iterations=7))
+    assert whole[4:] == tail
+    ranks = [
+        list(StepSampler(10, batch_size=2, rank=r, world=2, seed=1, start_step=0, iterations=2))
+        for r in (0, 1)
+    ]
+    assert not set(sum(ranks[0], [])) & set(sum(ranks[1], []))
+
+
+def test_losses_and_affinity_labels():
+    gt = torch.zeros(1, 1, 32, 32)
+    gt[..., :, :16] = 1
+    pos, neg = affinity_labels(gt, (2, 2), radius=1)
+    assert pos[0].tolist() == [
+        [False, False, True, False],
+        [False, False, False, True],
+        [True, False, False, False],
+        [False, True, False, False],
+    ]
+    assert neg[0, 0, 1] and not neg[0, 0, 3]  # diagonal cells are farther than radius 1
+    perfect = refinement_losses(gt * 40 - 20, gt, LossWeights())
+    wrong = refinement_losses(20 - gt * 40, gt, LossWeights())
+    assert perfect.total < 0.05 < wrong.total
+
+
+def test_resume_continues_exactly(big_folder, tmp_path):
+    straight = train(tiny_config(big_folder, tmp_path / "a"))
+    train(tiny_config(big_folder, tmp_path / "b"), stop_at=2)
+    assert not (tmp_path / "b" / "final.safetensors").exists()
+    resumed = train(tiny_config(big_folder, tmp_path / "b"), resume=True)
+    a, b = load_model(straight).state_dict(), load_model(resumed).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_validation_is_logged(big_folder, tmp_path):
+    config = tiny_config(
+        big_folder, tmp_path / "v", iterations=2, val=str(big_folder), val_interval=2
+    )
+    train(config)
+    log = (tmp_path / "v" / "log.jsonl").read_text()
+    assert '"event": "val"' in log and '"coarse"' in log
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, config: TrainConfig) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    train(config)
+
+
+def test_two_process_ddp_on_cpu(big_folder, tmp_path):
+    config = tiny_config(big_folder, tmp_path / "ddp", iterations=3)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), config), nprocs=2, join=True)
+    model = load_model(tmp_path / "ddp" / "final.safetensors")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
