@@ -5,10 +5,17 @@ the shorter side): resize the image and the current mask, encode them, query the
 decoder at that scale's pixel centres, and feed the probabilities to the next scale. The last
 scale is the image's full resolution.
 
-The shortcut that makes large images cheap: after the first scale, only pixels near the
-current boundary (within `band` pixels of the 0.5 level set, at that scale) or still uncertain
-are queried; the others keep the current probability. `band=None` queries every pixel, which
-is what the shortcut is measured against.
+Two shortcuts make large images cheap, and both can be switched off to measure them:
+- only pixels near the current boundary (within `band` pixels of the 0.5 level set at that
+  scale; `first_band` at the first scale, where the coarse mask may be far off) or still
+  uncertain are queried; the others keep the current probability (None queries every pixel).
+  This also keeps refinement local: a coarse mask says where the object is, and far from its
+  boundary there is nothing to refine;
+- a scale larger than `tile_size` is encoded in tiles of that size, each with `tile_context`
+  pixels of surrounding image, and only tiles that hold queried pixels are encoded at all
+  (`tile_size=None` encodes the whole scale at once). The network is trained on 224 px
+  crops, so a tile with context is what it knows best; the context keeps seams away.
+Memory is then bounded by the tile, and time grows with the boundary's length.
 """
 
 from __future__ import annotations
@@ -31,18 +38,28 @@ class InferenceOptions:
     # Query only pixels within this many pixels of the current boundary after the first scale;
     # None queries every pixel.
     band: int | None = 12
+    # The same at the first scale, where the coarse mask's errors are largest.
+    first_band: int | None = 32
     # Probabilities strictly between these are "uncertain" and always queried.
     uncertain: tuple[float, float] = (0.02, 0.98)
     # Queries evaluated at once per image (bounds the decoder's memory).
     chunk_size: int = 65536
+    # Encode scales larger than this (either side) tile by tile; None encodes them whole.
+    tile_size: int | None = 1024
+    # Pixels of image context around each tile.
+    tile_context: int = 128
 
     def __post_init__(self) -> None:
         if not self.scales or any(not 0 < s <= 1 for s in self.scales):
             raise ValueError(f"scales must be in (0, 1], got {self.scales}")
         if list(self.scales) != sorted(self.scales):
             raise ValueError(f"scales must go from coarse to fine, got {self.scales}")
-        if self.band is not None and self.band < 1:
-            raise ValueError(f"band must be >= 1 pixel or None, got {self.band}")
+        for name in ("band", "first_band"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 pixel or None, got {value}")
+        if self.tile_size is not None and self.tile_size < 32:
+            raise ValueError(f"tile_size must be >= 32 pixels or None, got {self.tile_size}")
 
 
 def scale_sizes(height: int, width: int, options: InferenceOptions) -> list[tuple[int, int]]:
@@ -73,6 +90,23 @@ def boundary_band(prob: torch.Tensor, band: int, uncertain: tuple[float, float])
     return (dilated != eroded) | ((prob > lo) & (prob < hi))
 
 
+def _query_window(
+    model: AIRM,
+    image: torch.Tensor,
+    prob: torch.Tensor,
+    selected: torch.Tensor | None,
+    chunk_size: int | None,
+) -> torch.Tensor:
+    """Probabilities at the selected pixels (flat indices; None: all) of one encoded window."""
+    size = tuple(image.shape[-2:])
+    encoded = model.encode(image, prob)
+    coords = pixel_centres(*size, device=image.device)
+    if selected is not None:
+        coords = coords[selected]
+    logits = model.query(encoded, coords.unsqueeze(0), out_size=size, chunk_size=chunk_size)
+    return torch.sigmoid(logits[0].float())
+
+
 @torch.no_grad()
 def refine_at_scale(
     model: AIRM,
@@ -82,27 +116,53 @@ def refine_at_scale(
     band: int | None,
     uncertain: tuple[float, float] = (0.02, 0.98),
     chunk_size: int | None = None,
+    tile_size: int | None = None,
+    tile_context: int = 128,
 ) -> torch.Tensor:
     """One step of the loop at the inputs' own size.
 
     image: (1, 3, h, w) RGB in [0, 1]; prob: (1, 1, h, w) current mask in [0, 1].
     band: query only the boundary band of `prob` (see `boundary_band`), or every pixel (None).
+    tile_size, tile_context: encode in tiles when the input is larger than tile_size.
     Returns the new (1, 1, h, w) probabilities; unqueried pixels keep `prob`.
     """
-    size = tuple(image.shape[-2:])
-    encoded = model.encode(image, prob)
-    coords = pixel_centres(*size, device=image.device)
-    selected = None
-    if band is not None:
-        selected = boundary_band(prob, band, uncertain).flatten().nonzero()[:, 0]
-        coords = coords[selected]
-        if coords.shape[0] == 0:
+    h, w = image.shape[-2:]
+    wanted = None if band is None else boundary_band(prob, band, uncertain)[0, 0]
+    if tile_size is None or (h <= tile_size and w <= tile_size):
+        selected = None if wanted is None else wanted.flatten().nonzero()[:, 0]
+        if selected is not None and selected.numel() == 0:
             return prob
-    logits = model.query(encoded, coords.unsqueeze(0), out_size=size, chunk_size=chunk_size)
-    refined = torch.sigmoid(logits[0].float())
-    if selected is None:
-        return refined.reshape(1, 1, *size)
-    return prob.flatten().index_put((selected,), refined).reshape(1, 1, *size)
+        refined = _query_window(model, image, prob, selected, chunk_size)
+        if selected is None:
+            return refined.reshape(1, 1, h, w)
+        return prob.flatten().index_put((selected,), refined).reshape(1, 1, h, w)
+
+    out = prob.clone()
+    for top in range(0, h, tile_size):
+        for left in range(0, w, tile_size):
+            bottom, right = min(top + tile_size, h), min(left + tile_size, w)
+            core = (
+                torch.ones(bottom - top, right - left, dtype=torch.bool, device=image.device)
+                if wanted is None
+                else wanted[top:bottom, left:right]
+            )
+            ys, xs = core.nonzero(as_tuple=True)
+            if ys.numel() == 0:
+                continue
+            y0, x0 = max(0, top - tile_context), max(0, left - tile_context)
+            y1, x1 = min(h, bottom + tile_context), min(w, right + tile_context)
+            ys, xs = ys + (top - y0), xs + (left - x0)  # into the window's grid
+            selected = ys * (x1 - x0) + xs
+            window = (slice(y0, y1), slice(x0, x1))
+            refined = _query_window(
+                model,
+                image[..., window[0], window[1]],
+                prob[..., window[0], window[1]],
+                selected,
+                chunk_size,
+            )
+            out[0, 0, ys + y0, xs + x0] = refined
+    return out
 
 
 def refine_probability(
@@ -120,8 +180,10 @@ def refine_probability(
             model,
             _resize(image, size),
             _resize(prob, size).clamp(0, 1),
-            band=None if i == 0 else options.band,
+            band=options.first_band if i == 0 else options.band,
             uncertain=options.uncertain,
             chunk_size=options.chunk_size,
+            tile_size=options.tile_size,
+            tile_context=options.tile_context,
         )
     return prob

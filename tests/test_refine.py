@@ -63,7 +63,7 @@ def test_pixel_limit(refiner):
 def test_single_full_scale_equals_the_network():
     model = tiny_model("airm_mit_b0")
     image, mask = torch.rand(1, 3, 64, 96), torch.rand(1, 1, 64, 96)
-    options = InferenceOptions(scales=(1.0,), band=None, min_size=1)
+    options = InferenceOptions(scales=(1.0,), band=None, first_band=None, min_size=1)
     with torch.no_grad():
         direct = torch.sigmoid(model(image, mask).logits)
     assert torch.allclose(refine_probability(model, image, mask, options), direct, atol=1e-6)
@@ -108,3 +108,28 @@ def test_refine_function_with_a_checkpoint(tiny_checkpoint):
     image, coarse = disc_pair(50, 70)
     out = airm.refine(image, coarse, checkpoint=tiny_checkpoint, min_size=32)
     assert out.shape == (50, 70) and out.dtype == np.uint8
+
+
+def test_tiles_cover_exactly_the_band():
+    """Tiled encoding queries the same pixels; with context covering the whole image each
+    tile sees the same input, so the result is the untiled one."""
+    model = tiny_model("airm_efficientnet_lite0")
+    image, coarse = disc_pair(100, 130)
+    img = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    prob = torch.from_numpy(coarse)[None, None].float() / 255
+    whole = refine_at_scale(model, img, prob, band=3)
+    tiled = refine_at_scale(model, img, prob, band=3, tile_size=48, tile_context=130)
+    assert torch.allclose(whole, tiled, atol=1e-5)
+    everywhere = refine_at_scale(model, img, prob, band=None, tile_size=48, tile_context=130)
+    assert torch.allclose(everywhere, refine_at_scale(model, img, prob, band=None), atol=1e-5)
+
+
+def test_tiles_with_little_context_change_only_the_band():
+    model = tiny_model("airm_efficientnet_lite0")
+    image, coarse = disc_pair(128, 160)
+    img = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    prob = torch.from_numpy(coarse)[None, None].float() / 255
+    tiled = refine_at_scale(model, img, prob, band=4, tile_size=64, tile_context=32)
+    band = boundary_band(prob, 4, (0.02, 0.98))
+    assert torch.equal(tiled[~band], prob[~band])
+    assert torch.isfinite(tiled).all()
