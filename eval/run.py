@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import resource
 import sys
 import time
@@ -24,6 +23,7 @@ if __package__ in (None, ""):  # `python eval/run.py`
 from airm.data import Pair, find_pairs  # noqa: E402
 from airm.evaluation import ScoreAccumulator  # noqa: E402
 from airm.io import read_image, read_mask  # noqa: E402
+from eval.child import run_in_process  # noqa: E402
 
 # Published numbers (BIG test set, PSPNet coarse masks), IoU / mBA.
 PUBLISHED = {
@@ -35,13 +35,8 @@ PUBLISHED = {
 }
 
 
-def _score_method(
-    name: str, checkpoint: str | None, pairs: list[Pair], device: str | None, queue: mp.Queue
-) -> None:
-    """Child process: refine every pair with one method and put its summary on the queue."""
-    import torch
-
-    torch.set_num_threads(torch.get_num_threads())
+def score_method(name: str, checkpoint: str | None, pairs: list[Pair], device: str | None) -> dict:
+    """Refine every pair with one method (in its own process) and return its summary."""
     refiner = None
     if checkpoint is not None:
         from airm.refiner import Refiner
@@ -63,26 +58,14 @@ def _score_method(
         overall.add(pair.name, pred, gt)
         sources.setdefault(pair.source, ScoreAccumulator()).add(pair.name, pred, gt)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put(
-        {
-            "method": name,
-            **overall.summary(),
-            "seconds": seconds / len(pairs),
-            "peak_mb": peak_mb,
-            "skipped_mba": overall.skipped_mba,
-            "sources": {k: v.summary() for k, v in sorted(sources.items())},
-        }
-    )
-
-
-def run_method(name: str, checkpoint: str | None, pairs: list[Pair], device: str | None) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_score_method, args=(name, checkpoint, pairs, device, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    return {
+        "method": name,
+        **overall.summary(),
+        "seconds": seconds / len(pairs),
+        "peak_mb": peak_mb,
+        "skipped_mba": overall.skipped_mba,
+        "sources": {k: v.summary() for k, v in sorted(sources.items())},
+    }
 
 
 def format_table(results: list[dict]) -> str:
@@ -140,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         methods.append((name, path))
-    results = [run_method(name, ckpt, pairs, args.device) for name, ckpt in methods]
+    results = [
+        run_in_process(score_method, name, ckpt, pairs, args.device) for name, ckpt in methods
+    ]
     print(f"{len(pairs)} images from {args.data}\n")
     print(format_table(results))
     if args.json:
