@@ -109,10 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="score only the first N pairs")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
-    pairs = [pair for pair in find_pairs(args.data) if pair.coarse is not None][: args.limit]
-    if not pairs:
-        print(f"error: no pairs with a _seg.png coarse mask in {args.data}", file=sys.stderr)
-        return 2
     methods: list[tuple[str, str | None]] = [("coarse", None)]
     for spec in args.method:
         name, sep, path = spec.partition("=")
@@ -123,6 +119,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         methods.append((name, path))
+    try:
+        pairs = [pair for pair in find_pairs(args.data) if pair.coarse is not None][: args.limit]
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not pairs:
+        print(f"error: no pairs with a _seg.png coarse mask in {args.data}", file=sys.stderr)
+        return 2
     results = [
         run_in_process(score_method, name, ckpt, pairs, args.device) for name, ckpt in methods
     ]

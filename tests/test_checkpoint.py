@@ -1,8 +1,9 @@
 import pytest
 import torch
-from conftest import tiny_model
 
 from airm import CheckpointError, load_model, load_weights, save_model
+
+from conftest import tiny_model
 
 
 def test_round_trip_gives_identical_outputs(tmp_path):

@@ -1,8 +1,9 @@
 import numpy as np
-from conftest import disc_pair
 from PIL import Image
 
 from airm.cli import main
+
+from conftest import disc_pair
 
 FAST = ["--scales", "1"]
 

@@ -3,8 +3,9 @@ import json
 import numpy as np
 from PIL import Image
 
-from conftest import disc_pair
 from eval.run import main
+
+from conftest import disc_pair
 
 
 def test_eval_scores_coarse_and_a_model(tmp_path, tiny_checkpoint, capsys):

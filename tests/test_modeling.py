@@ -1,10 +1,11 @@
 import pytest
 import torch
-from conftest import TINY, tiny_model
 
 from airm import VARIANTS
 from airm.modeling import implicit_decoder
 from airm.modeling.implicit_function import ImplicitFunction
+
+from conftest import TINY, tiny_model
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 import torch
-from conftest import disc_pair, tiny_model
 
 import airm
 from airm import InferenceOptions, InputError, Refiner
 from airm.inference import boundary_band, refine_at_scale, refine_probability, scale_sizes
+
+from conftest import disc_pair, tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY, disc_pair
 from PIL import Image
 
 from airm import load_model
@@ -13,6 +12,8 @@ from airm.data import RefinementDataset, find_pairs
 from airm.losses import LossWeights, affinity_labels, refinement_losses
 from airm.perturb import perturb_mask
 from airm.training import StepSampler, TrainConfig, train
+
+from conftest import TINY, disc_pair
 
 
 @pytest.fixture
