@@ -26,6 +26,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--encoder-weights", default=None, help="local RGB ImageNet weights for the encoder"
     )
+    p.add_argument(
+        "--init", default=None, help="start from the weights of this airm checkpoint (same variant)"
+    )
     p.add_argument("--batch-size", type=int, default=None, help="batch size per process")
     p.add_argument("--iterations", type=int, default=None, help="total optimiser steps")
     p.add_argument("--lr", type=float, default=None, help="initial learning rate")
@@ -51,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         "variant": args.variant,
         "val": args.val,
         "encoder_weights": args.encoder_weights,
+        "init": args.init,
         "batch_size": args.batch_size,
         "iterations": args.iterations,
         "lr": args.lr,

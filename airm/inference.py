@@ -38,8 +38,10 @@ class InferenceOptions:
     # Query only pixels within this many pixels of the current boundary after the first scale;
     # None queries every pixel.
     band: int | None = 12
-    # The same at the first scale, where the coarse mask's errors are largest.
-    first_band: int | None = 32
+    # The same at the first scale. Kept narrow: the later scales widen the reach (8 px at 1/8
+    # scale is 64 px of the image), and on val a wide first band let the model invent
+    # foreground far from the object (pooled IoU 88.6 at 32 px, 90.3 at 8 px, on 14 images).
+    first_band: int | None = 8
     # Probabilities strictly between these are "uncertain" and always queried.
     uncertain: tuple[float, float] = (0.02, 0.98)
     # Queries evaluated at once per image (bounds the decoder's memory).
@@ -165,6 +167,7 @@ def refine_at_scale(
     return out
 
 
+@torch.no_grad()
 def refine_probability(
     model: AIRM, image: torch.Tensor, mask: torch.Tensor, options: InferenceOptions
 ) -> torch.Tensor:

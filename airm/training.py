@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from airm.build import VARIANTS, build_model
-from airm.checkpoint import save_model
+from airm.checkpoint import load_weights, save_model
 from airm.config import ModelConfig
 from airm.data import Pair, RefinementDataset, find_pairs
 from airm.evaluation import ScoreAccumulator
@@ -47,6 +47,7 @@ class TrainConfig:
     variant: str = "airm_efficientnet_lite0"
     val: str | None = None  # a BIG-layout folder with <name>_seg.png coarse masks
     encoder_weights: str | None = None  # RGB ImageNet weights for the encoder (local file)
+    init: str | None = None  # start from this airm checkpoint's weights (fine-tuning)
     batch_size: int = 8  # per process
     iterations: int = 45_000
     lr: float = 2.25e-4
@@ -219,6 +220,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
     model = build_model(config.variant, **dict(config.model_overrides))
     if config.encoder_weights and not resume:
         load_encoder_rgb_weights(model, config.encoder_weights)
+    if config.init and not resume:
+        load_weights(model, config.init)
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     start, best = 0, -math.inf

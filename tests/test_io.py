@@ -82,3 +82,15 @@ def test_unreadable_truncated_and_huge_files(tmp_path):
         read_image(tmp_path / "full.jpg", max_pixels=1000)
     with pytest.raises(InputError, match="no such file"):
         read_image(tmp_path / "missing.jpg")
+
+
+def test_written_masks_have_ordinary_permissions(tmp_path):
+    import os
+
+    from airm.io import write_mask
+
+    write_mask(tmp_path / "m.png", np.zeros((4, 4), np.uint8))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "m.png").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

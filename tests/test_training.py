@@ -132,3 +132,10 @@ def test_two_process_ddp_on_cpu(big_folder, tmp_path):
     mp.spawn(_ddp_worker, args=(2, _free_port(), config), nprocs=2, join=True)
     model = load_model(tmp_path / "ddp" / "final.safetensors")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_init_from_an_airm_checkpoint(big_folder, tmp_path):
+    first = train(tiny_config(big_folder, tmp_path / "a", iterations=1))
+    again = train(tiny_config(big_folder, tmp_path / "b", iterations=0, init=str(first)))
+    a, b = load_model(first).state_dict(), load_model(again).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
