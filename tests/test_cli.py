@@ -8,6 +8,10 @@ from conftest import disc_pair
 FAST = ["--scales", "1"]
 
 
+def cli_args(image, coarse, out, *extra) -> list[str]:
+    return ["--image", str(image), "--coarse", str(coarse), "--out", str(out), *map(str, extra)]
+
+
 def write_pair(folder, name, height=48, width=64, seed=0):
     image, coarse = disc_pair(height, width, seed=seed)
     Image.fromarray(image).save(folder / f"{name}.jpg")
@@ -18,17 +22,14 @@ def test_single_pair(tmp_path, tiny_checkpoint):
     write_pair(tmp_path, "a")
     out = tmp_path / "out" / "a.png"
     rc = main(
-        [
-            "--image",
+        cli_args(
             str(tmp_path / "a.jpg"),
-            "--coarse",
             str(tmp_path / "a.png"),
-            "--out",
             str(out),
             "--checkpoint",
             str(tiny_checkpoint),
             *FAST,
-        ]
+        )
     )
     assert rc == 0
     mask = np.asarray(Image.open(out))
@@ -40,18 +41,15 @@ def test_soft_output(tmp_path, tiny_checkpoint):
     out = tmp_path / "soft.png"
     assert (
         main(
-            [
-                "--image",
+            cli_args(
                 str(tmp_path / "a.jpg"),
-                "--coarse",
                 str(tmp_path / "a.png"),
-                "--out",
                 str(out),
                 "--soft",
                 "--checkpoint",
                 str(tiny_checkpoint),
                 *FAST,
-            ]
+            )
         )
         == 0
     )
@@ -64,16 +62,13 @@ def test_bad_input_keeps_the_existing_output(tmp_path, tiny_checkpoint, capsys):
     out = tmp_path / "keep.png"
     out.write_bytes(b"previous result")
     rc = main(
-        [
-            "--image",
+        cli_args(
             str(tmp_path / "a.jpg"),
-            "--coarse",
             str(tmp_path / "small.png"),
-            "--out",
             str(out),
             "--checkpoint",
             str(tiny_checkpoint),
-        ]
+        )
     )
     assert rc == 1
     err = capsys.readouterr().err
@@ -91,17 +86,7 @@ def test_folders_resume_and_bad_files(tmp_path, tiny_checkpoint, capsys):
         Image.fromarray(coarse).save(masks / f"{name}_seg.png")
     (images / "broken_im.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(masks / "broken_seg.png")
-    args = [
-        "--image",
-        str(images),
-        "--coarse",
-        str(masks),
-        "--out",
-        str(out),
-        "--checkpoint",
-        str(tiny_checkpoint),
-        *FAST,
-    ]
+    args = cli_args(str(images), str(masks), str(out), "--checkpoint", str(tiny_checkpoint), *FAST)
     assert main(args) == 1  # one file failed, the others were written
     assert sorted(p.name for p in out.iterdir()) == ["x.png", "y.png", "z.png"]
     assert "broken_im.jpg" in capsys.readouterr().err
@@ -114,16 +99,13 @@ def test_folders_resume_and_bad_files(tmp_path, tiny_checkpoint, capsys):
 def test_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
     write_pair(tmp_path, "a")
     rc = main(
-        [
-            "--image",
+        cli_args(
             str(tmp_path / "a.jpg"),
-            "--coarse",
             str(tmp_path / "a.png"),
-            "--out",
             str(tmp_path / "o.png"),
             "--checkpoint",
             str(tmp_path / "none.safetensors"),
-        ]
+        )
     )
     assert rc == 2
     err = capsys.readouterr().err.strip()
