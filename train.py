@@ -7,6 +7,7 @@ Several (DDP): `torchrun --nproc_per_node N train.py ...` (NCCL on GPUs, gloo on
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from airm.build import VARIANTS
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         data=tuple(args.data), out=args.out, **{k: v for k, v in fields.items() if v is not None}
     )
     final = train(config, resume=args.resume)
-    print(f"final weights: {final}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes the weights
+        print(f"final weights: {final}")
     return 0
 
 
