@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from airm.data import Pair
+from airm.io import read_image, read_mask
 from airm.metrics import boundary_accuracy, iou_counts
 
 
@@ -50,3 +54,34 @@ class ScoreAccumulator:
             "mba": self.mba,
             "n": len(self.ious),
         }
+
+
+# A refiner as scored: (HxWx3 uint8 RGB image, HxW bool coarse mask) -> HxW bool mask.
+Refine = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def score_pairs(pairs: list[Pair], refine: Refine | None) -> dict:
+    """Score `refine` (None: the coarse masks themselves) over BIG-layout pairs with `_seg`.
+
+    Returns the overall summary plus "seconds" (mean time inside `refine` per image),
+    "skipped_mba" (images whose truth has no boundary) and per-source "sources" summaries.
+    """
+    overall = ScoreAccumulator()
+    sources: dict[str, ScoreAccumulator] = {}
+    seconds = 0.0
+    for pair in pairs:
+        gt = read_mask(pair.mask, max_pixels=None) > 0.5
+        pred = read_mask(pair.coarse, max_pixels=None) > 0.5
+        if refine is not None:
+            image = read_image(pair.image, max_pixels=None)
+            tic = time.perf_counter()
+            pred = refine(image, pred)
+            seconds += time.perf_counter() - tic
+        overall.add(pair.name, pred, gt)
+        sources.setdefault(pair.source, ScoreAccumulator()).add(pair.name, pred, gt)
+    return {
+        **overall.summary(),
+        "seconds": seconds / max(1, len(pairs)),
+        "skipped_mba": overall.skipped_mba,
+        "sources": {k: v.summary() for k, v in sorted(sources.items())},
+    }

@@ -96,15 +96,13 @@ def _query_window(
     model: AIRM,
     image: torch.Tensor,
     prob: torch.Tensor,
-    selected: torch.Tensor | None,
+    selected: torch.Tensor,
     chunk_size: int | None,
 ) -> torch.Tensor:
-    """Probabilities at the selected pixels (flat indices; None: all) of one encoded window."""
+    """Probabilities at the selected pixels (flat indices) of one encoded window."""
     size = tuple(image.shape[-2:])
     encoded = model.encode(image, prob)
-    coords = pixel_centres(*size, device=image.device)
-    if selected is not None:
-        coords = coords[selected]
+    coords = pixel_centres(*size, device=image.device)[selected]
     logits = model.query(encoded, coords.unsqueeze(0), out_size=size, chunk_size=chunk_size)
     return torch.sigmoid(logits[0].float())
 
@@ -125,42 +123,32 @@ def refine_at_scale(
 
     image: (1, 3, h, w) RGB in [0, 1]; prob: (1, 1, h, w) current mask in [0, 1].
     band: query only the boundary band of `prob` (see `boundary_band`), or every pixel (None).
-    tile_size, tile_context: encode in tiles when the input is larger than tile_size.
+    tile_size, tile_context: encode in tiles when the input is larger than tile_size; an input
+    that fits (or tile_size=None) is one tile covering everything.
     Returns the new (1, 1, h, w) probabilities; unqueried pixels keep `prob`.
     """
     h, w = image.shape[-2:]
-    wanted = None if band is None else boundary_band(prob, band, uncertain)[0, 0]
-    if tile_size is None or (h <= tile_size and w <= tile_size):
-        selected = None if wanted is None else wanted.flatten().nonzero()[:, 0]
-        if selected is not None and selected.numel() == 0:
-            return prob
-        refined = _query_window(model, image, prob, selected, chunk_size)
-        if selected is None:
-            return refined.reshape(1, 1, h, w)
-        return prob.flatten().index_put((selected,), refined).reshape(1, 1, h, w)
-
+    if band is None:
+        wanted = torch.ones(h, w, dtype=torch.bool, device=image.device)
+    else:
+        wanted = boundary_band(prob, band, uncertain)[0, 0]
+    tile_h = h if tile_size is None else min(h, tile_size)
+    tile_w = w if tile_size is None else min(w, tile_size)
     out = prob.clone()
-    for top in range(0, h, tile_size):
-        for left in range(0, w, tile_size):
-            bottom, right = min(top + tile_size, h), min(left + tile_size, w)
-            core = (
-                torch.ones(bottom - top, right - left, dtype=torch.bool, device=image.device)
-                if wanted is None
-                else wanted[top:bottom, left:right]
-            )
-            ys, xs = core.nonzero(as_tuple=True)
+    for top in range(0, h, tile_h):
+        for left in range(0, w, tile_w):
+            bottom, right = min(top + tile_h, h), min(left + tile_w, w)
+            ys, xs = wanted[top:bottom, left:right].nonzero(as_tuple=True)
             if ys.numel() == 0:
                 continue
             y0, x0 = max(0, top - tile_context), max(0, left - tile_context)
             y1, x1 = min(h, bottom + tile_context), min(w, right + tile_context)
             ys, xs = ys + (top - y0), xs + (left - x0)  # into the window's grid
-            selected = ys * (x1 - x0) + xs
-            window = (slice(y0, y1), slice(x0, x1))
             refined = _query_window(
                 model,
-                image[..., window[0], window[1]],
-                prob[..., window[0], window[1]],
-                selected,
+                image[..., y0:y1, x0:x1],
+                prob[..., y0:y1, x0:x1],
+                ys * (x1 - x0) + xs,
                 chunk_size,
             )
             out[0, 0, ys + y0, xs + x0] = refined

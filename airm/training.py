@@ -30,9 +30,9 @@ from airm.build import VARIANTS, build_model
 from airm.checkpoint import load_weights, save_model
 from airm.config import ModelConfig
 from airm.data import Pair, RefinementDataset, find_pairs
-from airm.evaluation import ScoreAccumulator
+from airm.evaluation import score_pairs
 from airm.inference import InferenceOptions
-from airm.io import atomic_write, read_image, read_mask
+from airm.io import atomic_write
 from airm.losses import LossWeights, refinement_losses
 from airm.pretrained import load_encoder_rgb_weights
 from airm.refiner import Refiner
@@ -140,33 +140,12 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 
 
 def validate(model: torch.nn.Module, pairs: list[Pair], device: torch.device) -> dict:
-    """Coarse vs refined pooled IoU / mean IoU / mBA, overall and per source prefix."""
+    """Coarse vs refined pooled IoU / mean IoU / mBA, overall and per source."""
     refiner = Refiner(model, device=device, options=InferenceOptions(), max_pixels=None)
-    coarse_all, refined_all = ScoreAccumulator(), ScoreAccumulator()
-    by_source: dict[str, tuple[ScoreAccumulator, ScoreAccumulator]] = {}
     was_training = model.training
-    for pair in pairs:
-        image = read_image(pair.image, max_pixels=None)
-        gt = read_mask(pair.mask, max_pixels=None) > 0.5
-        coarse = read_mask(pair.coarse, max_pixels=None) > 0.5
-        refined = refiner.refine(image, coarse) > 127
-        source = pair.source
-        c_src, r_src = by_source.setdefault(source, (ScoreAccumulator(), ScoreAccumulator()))
-        for acc, pred in (
-            (coarse_all, coarse),
-            (refined_all, refined),
-            (c_src, coarse),
-            (r_src, refined),
-        ):
-            acc.add(pair.name, pred, gt)
+    refined = score_pairs(pairs, lambda image, coarse: refiner.refine(image, coarse) > 127)
     model.train(was_training)
-    return {
-        "coarse": coarse_all.summary(),
-        "refined": refined_all.summary(),
-        "sources": {
-            k: {"coarse": c.summary(), "refined": r.summary()} for k, (c, r) in by_source.items()
-        },
-    }
+    return {"coarse": score_pairs(pairs, None), "refined": refined}
 
 
 def _spread(pairs: list[Pair], limit: int | None) -> list[Pair]:

@@ -14,15 +14,13 @@ import argparse
 import json
 import resource
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python eval/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from airm.data import Pair, find_pairs  # noqa: E402
-from airm.evaluation import ScoreAccumulator  # noqa: E402
-from airm.io import read_image, read_mask  # noqa: E402
+from airm.evaluation import score_pairs  # noqa: E402
 from eval.child import run_in_process  # noqa: E402
 
 # Published numbers (BIG test set, PSPNet coarse masks), IoU / mBA.
@@ -37,35 +35,18 @@ PUBLISHED = {
 
 def score_method(name: str, checkpoint: str | None, pairs: list[Pair], device: str | None) -> dict:
     """Refine every pair with one method (in its own process) and return its summary."""
-    refiner = None
+    refine = None
     if checkpoint is not None:
         from airm.refiner import Refiner
 
         refiner = Refiner.from_checkpoint(checkpoint, device=device, max_pixels=None)
-    overall = ScoreAccumulator()
-    sources: dict[str, ScoreAccumulator] = {}
-    seconds = 0.0
-    for pair in pairs:
-        gt = read_mask(pair.mask, max_pixels=None) > 0.5
-        coarse = read_mask(pair.coarse, max_pixels=None) > 0.5
-        if refiner is None:
-            pred = coarse
-        else:
-            image = read_image(pair.image, max_pixels=None)
-            tic = time.perf_counter()
-            pred = refiner.refine(image, coarse) > 127
-            seconds += time.perf_counter() - tic
-        overall.add(pair.name, pred, gt)
-        sources.setdefault(pair.source, ScoreAccumulator()).add(pair.name, pred, gt)
+
+        def refine(image, coarse):
+            return refiner.refine(image, coarse) > 127
+
+    scores = score_pairs(pairs, refine)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {
-        "method": name,
-        **overall.summary(),
-        "seconds": seconds / len(pairs),
-        "peak_mb": peak_mb,
-        "skipped_mba": overall.skipped_mba,
-        "sources": {k: v.summary() for k, v in sorted(sources.items())},
-    }
+    return {"method": name, **scores, "peak_mb": peak_mb}
 
 
 def format_table(results: list[dict]) -> str:
