@@ -3,7 +3,9 @@
 - AIRM with the paper's encoder: `build_airm_mit_b0`, `build_airm_mit_b1`.
 - AIRM with a pretrained-able CNN encoder (the paper's Table 2 ablation, affinity from feature
   distances): `build_airm_efficientnet_lite0`.
-- The CRM-style baseline (a ResNet, shared implicit function, no affinity): `build_crm_resnet`.
+- The CRM-style baseline (a CNN, shared implicit function, no affinity learning):
+  `build_crm_efficientnet_lite0` (the one trained here, on the only ImageNet CNN weights reachable
+  offline) and `build_crm_resnet` (CRM's encoder family, for users who have ResNet weights).
 - `build_model(config)` builds any `ModelConfig`; `build_model("name")` builds a named variant.
 """
 
@@ -79,6 +81,11 @@ def sirmf_efficientnet_lite0_config() -> ModelConfig:
     return dataclasses.replace(airm_efficientnet_lite0_config(), modulation=False)
 
 
+def crm_efficientnet_lite0_config() -> ModelConfig:
+    """CRM-style on the default's pretrained CNN: shared implicit function, no affinity learning."""
+    return dataclasses.replace(airm_efficientnet_lite0_config(), modulation=False, affinity=False)
+
+
 def crm_resnet_config() -> ModelConfig:
     """CRM-style: a ResNet encoder and the shared implicit function, no affinity learning."""
     return ModelConfig(encoder="resnet18", modulation=False, affinity=False)
@@ -89,6 +96,7 @@ VARIANTS: dict[str, Callable[[], ModelConfig]] = {
     "airm_mit_b1": airm_mit_b1_config,
     "airm_efficientnet_lite0": airm_efficientnet_lite0_config,
     "sirmf_efficientnet_lite0": sirmf_efficientnet_lite0_config,
+    "crm_efficientnet_lite0": crm_efficientnet_lite0_config,
     "crm_resnet": crm_resnet_config,
 }
 
@@ -107,6 +115,10 @@ def build_airm_efficientnet_lite0(**overrides) -> AIRM:
 
 def build_sirmf_efficientnet_lite0(**overrides) -> AIRM:
     return build_model("sirmf_efficientnet_lite0", **overrides)
+
+
+def build_crm_efficientnet_lite0(**overrides) -> AIRM:
+    return build_model("crm_efficientnet_lite0", **overrides)
 
 
 def build_crm_resnet(**overrides) -> AIRM:

@@ -30,12 +30,12 @@ from airm.build import VARIANTS, build_model
 from airm.checkpoint import load_weights, save_model
 from airm.config import ModelConfig
 from airm.data import Pair, RefinementDataset, find_pairs
-from airm.evaluation import score_pairs
 from airm.inference import InferenceOptions
-from airm.io import atomic_write
+from airm.io import atomic_write, read_image
 from airm.losses import LossWeights, refinement_losses
 from airm.pretrained import load_encoder_rgb_weights
 from airm.refiner import Refiner
+from eval.scoring import read_coarse, score_pairs
 
 
 @dataclass(frozen=True)
@@ -143,9 +143,13 @@ def validate(model: torch.nn.Module, pairs: list[Pair], device: torch.device) ->
     """Coarse vs refined pooled IoU / mean IoU / mBA, overall and per source."""
     refiner = Refiner(model, device=device, options=InferenceOptions(), max_pixels=None)
     was_training = model.training
-    refined = score_pairs(pairs, lambda image, coarse: refiner.refine(image, coarse) > 127)
+
+    def refine(pair: Pair) -> np.ndarray:
+        return refiner.refine(read_image(pair.image, max_pixels=None), read_coarse(pair)) > 127
+
+    scores = {"coarse": score_pairs(pairs, read_coarse), "refined": score_pairs(pairs, refine)}
     model.train(was_training)
-    return {"coarse": score_pairs(pairs, None), "refined": refined}
+    return {name: {k: v for k, v in s.items() if k != "images"} for name, s in scores.items()}
 
 
 def _spread(pairs: list[Pair], limit: int | None) -> list[Pair]:

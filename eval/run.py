@@ -1,27 +1,41 @@
-"""Score refiners side by side on a BIG-layout folder (SPEC section 4).
+"""Score refiners side by side on a BIG-layout folder, by CascadePSP's protocol (SPEC section 4).
 
-    python -m eval --data ../shared/data/val --method airm=path/to/model.safetensors \\
-        --method sirmf=path/to/sirmf.safetensors
+    python -m eval --data ../shared/data/val --out runs/eval \\
+        --methods coarse,airm,sirmf,crm,cascadepsp,guided_filter,dense_crf
 
-Each method runs in its own process, so that its peak memory (max RSS) is its own. The coarse
-input is always scored. Prints a table of pooled IoU, mean IoU, mBA, seconds per image and
-peak memory, overall and per source (the name prefix before the first '-').
+Each method runs in its own process (so that its peak memory, max RSS with start-up included,
+is its own), writes `OUT/<method>/<name>_mask.png`, and is then scored from those files, so the
+table is exactly what the written masks score. Writes `OUT/results.json`, `OUT/results.csv`
+and `OUT/<method>/scores.json` (per image), and prints a markdown table: per method, per source
+(from the folder's manifest.json, else the name's prefix), and the published BIG numbers.
+A method that cannot run here (a package or weights missing) is skipped with its reason.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import resource
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 if __package__ in (None, ""):  # `python eval/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from airm.data import Pair, find_pairs  # noqa: E402
-from airm.evaluation import score_pairs  # noqa: E402
 from eval.child import run_in_process  # noqa: E402
+from eval.methods import (  # noqa: E402
+    CASCADEPSP_FOLDER,
+    MethodUnavailable,
+    build_method,
+    known_methods,
+)
+from eval.scoring import read_coarse, score_pairs  # noqa: E402
 
 # Published numbers (BIG test set, PSPNet coarse masks), IoU / mBA.
 PUBLISHED = {
@@ -31,75 +45,205 @@ PUBLISHED = {
     "SegRefiner": (95.30, 77.46),
     "AIRM (paper)": (95.95, 76.88),
 }
+# Average gains over four coarse sources, IoU / mBA.
+PUBLISHED_GAINS = {"CascadePSP": (3.58, 14.05), "CRM": (4.01, 15.12), "SegRefiner": (7.43, 17.33)}
+
+CSV_FIELDS = ("method", "source", "n", "iou", "mean_iou", "mba", "sec_per_image", "peak_mb")
 
 
-def score_method(name: str, checkpoint: str | None, pairs: list[Pair], device: str | None) -> dict:
-    """Refine every pair with one method (in its own process) and return its summary."""
-    refine = None
-    if checkpoint is not None:
-        from airm.refiner import Refiner
+def mask_path(out: Path, method: str, pair: Pair) -> Path:
+    return out / method / f"{pair.name}_mask.png"
 
-        refiner = Refiner.from_checkpoint(checkpoint, device=device, max_pixels=None)
 
-        def refine(image, coarse):
-            return refiner.refine(image, coarse) > 127
+def read_written(path: Path) -> np.ndarray:
+    """A written mask as HxW uint8."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"))
 
-    scores = score_pairs(pairs, refine)
+
+def run_method(name: str, pairs: list[Pair], out: Path, settings: dict) -> dict:
+    """Refine every pair with one method and write its masks (runs in its own process).
+
+    Returns {"seconds": mean seconds inside the method per image, "peak_mb": max RSS}, or
+    {"skipped": reason}.
+    """
+    from tqdm import tqdm
+
+    from airm.io import read_image, write_mask
+
+    try:
+        refine = build_method(name, **settings)
+    except MethodUnavailable as e:
+        return {"skipped": str(e)}
+    seconds = 0.0
+    for pair in tqdm(pairs, desc=name, unit="image", file=sys.stderr):
+        image = read_image(pair.image, max_pixels=None)
+        coarse = read_coarse(pair)
+        tic = time.perf_counter()
+        mask = refine(image, coarse)
+        seconds += time.perf_counter() - tic
+        write_mask(mask_path(out, name, pair), mask)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"method": name, **scores, "peak_mb": peak_mb}
+    return {"seconds": seconds / len(pairs), "peak_mb": peak_mb}
 
 
-def format_table(results: list[dict]) -> str:
-    lines = [f"{'method':<24}{'IoU':>8}{'mIoU':>8}{'mBA':>8}{'s/img':>8}{'peak MB':>9}"]
-    for r in results:
+def score_method(name: str, pairs: list[Pair], out: Path, timing: dict) -> dict:
+    """The result row of a method, scored from the masks it wrote."""
+    scores = score_pairs(pairs, lambda pair: read_written(mask_path(out, name, pair)))
+    (out / name / "scores.json").write_text(json.dumps(scores["images"], indent=1))
+    row = {k: v for k, v in scores.items() if k != "images"}
+    return {
+        "method": name,
+        **row,
+        "sec_per_image": timing["seconds"],
+        "peak_mb": timing["peak_mb"],
+    }
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            common = {"method": row["method"], "sec_per_image": row["sec_per_image"]}
+            writer.writerow({**common, "source": "all", "peak_mb": row["peak_mb"], **_nums(row)})
+            for source, s in row["sources"].items():
+                writer.writerow({**common, "source": source, "peak_mb": "", **_nums(s)})
+
+
+def _nums(s: dict) -> dict:
+    return {"n": s["n"], "iou": s["iou"], "mean_iou": s["mean_iou"], "mba": s["mba"]}
+
+
+def markdown_table(rows: list[dict], coarse: dict) -> str:
+    """Per method, per source, and the published numbers, as markdown."""
+    lines = [
+        "| method | n | IoU | mean IoU | mBA | IoU gain | mBA gain | s / image | peak MB |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in rows:
         lines.append(
-            f"{r['method']:<24}{r['iou']:8.2f}{r['mean_iou']:8.2f}{r['mba']:8.2f}"
-            f"{r['seconds']:8.2f}{r['peak_mb']:9.0f}"
+            f"| {r['method']} | {r['n']} | {r['iou']:.2f} | {r['mean_iou']:.2f} | {r['mba']:.2f} "
+            f"| {r['iou'] - coarse['iou']:+.2f} | {r['mba'] - coarse['mba']:+.2f} "
+            f"| {r['sec_per_image']:.3f} | {r['peak_mb']:.0f} |"
         )
-    sources = sorted({s for r in results for s in r["sources"]})
-    for source in sources:
-        lines.append(f"\n{source}")
-        for r in results:
-            s = r["sources"].get(source)
-            if s:
-                lines.append(
-                    f"  {r['method']:<22}{s['iou']:8.2f}{s['mean_iou']:8.2f}{s['mba']:8.2f}"
-                    f"   (n={s['n']})"
-                )
+    sources = sorted({s for r in rows for s in r["sources"]})
+    if len(sources) > 1:
+        lines += ["", "| source | method | n | IoU | mean IoU | mBA |", "|---|---|--:|--:|--:|--:|"]
+        for source in sources:
+            for r in rows:
+                s = r["sources"].get(source)
+                if s:
+                    lines.append(
+                        f"| {source} | {r['method']} | {s['n']} | {s['iou']:.2f} "
+                        f"| {s['mean_iou']:.2f} | {s['mba']:.2f} |"
+                    )
+    lines += ["", "| published, BIG test (PSPNet coarse) | IoU | mBA |", "|---|--:|--:|"]
+    lines += [f"| {k} | {iou:.2f} | {mba:.2f} |" for k, (iou, mba) in PUBLISHED.items()]
     lines.append(
-        "\npublished, BIG test (IoU / mBA): "
-        + ", ".join(f"{k} {v[0]:.2f}/{v[1]:.2f}" for k, v in PUBLISHED.items())
+        "\npublished average gains over four coarse sources (IoU / mBA): "
+        + ", ".join(f"{k} {g[0]:+.2f} / {g[1]:+.2f}" for k, g in PUBLISHED_GAINS.items())
     )
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def write_overlays(out: Path, pairs: list[Pair], rows: list[dict], coarse: dict, k: int) -> None:
+    """`OUT/overlays/<method>_{gain,loss}<rank>_<name>.jpg`: image | coarse | method | truth for
+    the k images where each method gains and loses the most IoU over the coarse mask."""
+    from airm.io import atomic_write, read_image, read_mask
+
+    by_name = {p.name: p for p in pairs}
+    coarse_iou = {s["name"]: s["iou"] for s in coarse["images"]}
+    for row in rows:
+        if row["method"] == "coarse":
+            continue
+        images = json.loads((out / row["method"] / "scores.json").read_text())
+        ranked = sorted(images, key=lambda s: s["iou"] - coarse_iou[s["name"]])
+        picks = [("gain", s) for s in ranked[::-1][:k]] + [("loss", s) for s in ranked[:k]]
+        for rank, (kind, s) in enumerate(picks):
+            pair = by_name[s["name"]]
+            panels = [
+                read_image(pair.image, max_pixels=None),
+                read_coarse(pair),
+                read_written(mask_path(out, row["method"], pair)) > 127,
+                read_mask(pair.mask, max_pixels=None) > 0.5,
+            ]
+            picture = _side_by_side(panels)
+            dst = out / "overlays" / f"{row['method']}_{kind}{rank % k}_{pair.name}.jpg"
+            atomic_write(dst, lambda tmp, p=picture: Image.fromarray(p).save(tmp, format="JPEG"))
+
+
+def _side_by_side(panels: list[np.ndarray], height: int = 320) -> np.ndarray:
+    """The image, then each mask tinted over it, resized to one height and joined."""
+    import cv2
+
+    image = panels[0]
+    scale = height / image.shape[0]
+    size = (max(1, round(image.shape[1] * scale)), height)
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    tiles = [small]
+    for mask in panels[1:]:
+        m = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+        tinted = small.copy()
+        tinted[m] = (0.45 * small[m] + 0.55 * np.array([0, 200, 255])).astype(np.uint8)
+        tiles.append(tinted)
+    return np.concatenate(tiles, axis=1)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m eval",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", required=True, help="BIG-layout folder with _im, _gt and _seg files")
+    p.add_argument("--out", required=True, help="folder for the masks, results.json and .csv")
     p.add_argument(
-        "--method",
+        "--methods",
+        default="coarse,airm",
+        help="comma-separated: coarse, airm, sirmf, crm, cascadepsp, guided_filter, dense_crf, "
+        "or a NAME given with --checkpoint (default: coarse,airm)",
+    )
+    p.add_argument(
+        "--checkpoint",
         action="append",
         default=[],
-        help="NAME=CHECKPOINT of an airm model to score (repeatable)",
+        metavar="NAME=PATH",
+        help="an airm checkpoint to score as method NAME (repeatable; airm=PATH replaces the "
+        "shipped model); named methods are added to --methods",
+    )
+    p.add_argument(
+        "--cascadepsp-folder",
+        type=Path,
+        default=CASCADEPSP_FOLDER,
+        help=f"folder holding CascadePSP's `model` file (default {CASCADEPSP_FOLDER})",
     )
     p.add_argument("--device", default=None, help="torch device for the models")
     p.add_argument("--limit", type=int, default=None, help="score only the first N pairs")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = p.parse_args(argv)
-    methods: list[tuple[str, str | None]] = [("coarse", None)]
-    for spec in args.method:
+    p.add_argument(
+        "--overlays",
+        type=int,
+        default=0,
+        metavar="K",
+        help="pictures of each method's K best and K worst images (IoU gain over the coarse mask)",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    checkpoints: dict[str, Path] = {}
+    for spec in args.checkpoint:
         name, sep, path = spec.partition("=")
-        if not sep or not Path(path).is_file():
+        if not sep or not name or not Path(path).is_file():
             print(
-                f"error: --method wants NAME=CHECKPOINT with an existing file, got {spec!r}",
+                f"error: --checkpoint wants NAME=PATH of an existing file, got {spec!r}",
                 file=sys.stderr,
             )
             return 2
-        methods.append((name, path))
+        checkpoints[name] = Path(path)
+    methods = [m for m in args.methods.split(",") if m]
+    methods += [n for n in checkpoints if n not in methods]
     try:
         pairs = [pair for pair in find_pairs(args.data) if pair.coarse is not None][: args.limit]
     except FileNotFoundError as e:
@@ -108,13 +252,37 @@ def main(argv: list[str] | None = None) -> int:
     if not pairs:
         print(f"error: no pairs with a _seg.png coarse mask in {args.data}", file=sys.stderr)
         return 2
-    results = [
-        run_in_process(score_method, name, ckpt, pairs, args.device) for name, ckpt in methods
-    ]
-    print(f"{len(pairs)} images from {args.data}\n")
-    print(format_table(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    unknown = [m for m in methods if m not in known_methods(checkpoints)]
+    if unknown:
+        print(
+            f"error: unknown methods {unknown}; choose from {known_methods(checkpoints)}",
+            file=sys.stderr,
+        )
+        return 2
+    out = Path(args.out)
+    settings = {
+        "checkpoints": checkpoints,
+        "device": args.device,
+        "cascadepsp_folder": args.cascadepsp_folder,
+    }
+    rows, skipped = [], {}
+    for name in methods:
+        timing = run_in_process(run_method, name, pairs, out, settings)
+        if "skipped" in timing:
+            skipped[name] = timing["skipped"]
+            print(f"skipped {name}: {timing['skipped']}", file=sys.stderr)
+            continue
+        rows.append(score_method(name, pairs, out, timing))
+    coarse = score_pairs(pairs, read_coarse)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    write_csv(out / "results.csv", rows)
+    if args.overlays > 0:
+        write_overlays(out, pairs, rows, coarse, args.overlays)
+    print(f"\n{len(pairs)} images from {args.data}\n")
+    print(markdown_table(rows, coarse))
+    for name, reason in skipped.items():
+        print(f"\nskipped {name}: {reason}")
     return 0
 
 

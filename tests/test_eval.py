@@ -1,38 +1,104 @@
+import csv
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from eval.metrics import boundary_accuracy, iou_counts
 from eval.run import main
 
 from conftest import disc_pair
 
 
-def test_eval_scores_coarse_and_a_model(tmp_path, tiny_checkpoint, capsys):
-    data = tmp_path / "val"
-    data.mkdir()
-    for i in range(2):
+def big_folder(root, n=3):
+    """A BIG-layout folder of generated pairs, with a manifest naming two sources."""
+    root.mkdir()
+    manifest = []
+    for i in range(n):
         image, coarse = disc_pair(60, 80, seed=i)
         truth = image[..., 0] > 120
-        Image.fromarray(image).save(data / f"d-{i}_im.jpg")
-        Image.fromarray(truth.astype(np.uint8) * 255).save(data / f"d-{i}_gt.png")
-        Image.fromarray(coarse).save(data / f"d-{i}_seg.png")
-    out = tmp_path / "r.json"
-    assert (
-        main(["--data", str(data), "--method", f"tiny={tiny_checkpoint}", "--json", str(out)]) == 0
-    )
-    results = json.loads(out.read_text())
-    assert [r["method"] for r in results] == ["coarse", "tiny"]
-    coarse = results[0]
-    # The coarse row is the protocol applied to the _seg masks themselves.
+        Image.fromarray(image).save(root / f"d-{i}_im.jpg")
+        Image.fromarray(truth.astype(np.uint8) * 255).save(root / f"d-{i}_gt.png")
+        Image.fromarray(coarse).save(root / f"d-{i}_seg.png")
+        manifest.append({"name": f"d-{i}", "source": "even" if i % 2 == 0 else "odd"})
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def rescore(data, out, method, names):
+    """Pooled IoU and mBA of the masks a method wrote, computed here from the files."""
     inter = union = 0
-    for i in range(2):
+    bas = []
+    for name in names:
+        gt = np.asarray(Image.open(data / f"{name}_gt.png")) > 127
+        pred = np.asarray(Image.open(out / method / f"{name}_mask.png")) > 127
+        i, u = iou_counts(pred, gt)
+        inter, union = inter + i, union + u
+        bas.append(boundary_accuracy(pred, gt))
+    return 100 * inter / union, 100 * float(np.mean(bas))
+
+
+def test_results_are_what_the_written_masks_score(tmp_path, tiny_checkpoint, capsys):
+    data, out = big_folder(tmp_path / "val"), tmp_path / "out"
+    argv = ["--data", str(data), "--out", str(out), "--overlays", "1"]
+    argv += [
+        "--methods",
+        "coarse,guided_filter,dense_crf",
+        "--checkpoint",
+        f"tiny={tiny_checkpoint}",
+    ]
+    assert main(argv) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in rows] == ["coarse", "guided_filter", "dense_crf", "tiny"]
+    names = [f"d-{i}" for i in range(3)]
+    for row in rows:
+        iou, mba = rescore(data, out, row["method"], names)
+        assert row["iou"] == pytest.approx(iou, abs=1e-9)
+        assert row["mba"] == pytest.approx(mba, abs=1e-9)
+        assert row["n"] == 3 and row["sec_per_image"] >= 0 and row["peak_mb"] > 0
+        assert set(row["sources"]) == {"even", "odd"}
+    with open(out / "results.csv") as f:
+        lines = list(csv.DictReader(f))
+    assert len(lines) == 4 * 3  # each method: all + 2 sources
+    table = capsys.readouterr().out
+    assert "| tiny | 3 |" in table and "AIRM (paper)" in table and "| odd | coarse |" in table
+    overlays = sorted(p.name for p in (out / "overlays").iterdir())
+    assert len(overlays) == 3 * 2 and all(p.endswith(".jpg") for p in overlays)
+
+
+def test_coarse_row_scores_the_seg_masks(tmp_path):
+    data, out = big_folder(tmp_path / "val"), tmp_path / "out"
+    assert main(["--data", str(data), "--out", str(out), "--methods", "coarse"]) == 0
+    inter = union = 0
+    for i in range(3):
         gt = np.asarray(Image.open(data / f"d-{i}_gt.png")) > 127
         seg = np.asarray(Image.open(data / f"d-{i}_seg.png")) > 127
         inter, union = inter + (gt & seg).sum(), union + (gt | seg).sum()
-    assert abs(coarse["iou"] - 100 * inter / union) < 1e-9
-    assert results[1]["peak_mb"] > 0 and "tiny" in capsys.readouterr().out
+    row = json.loads((out / "results.json").read_text())[0]
+    assert row["iou"] == pytest.approx(100 * inter / union, abs=1e-9)
 
 
-def test_eval_refuses_a_missing_checkpoint(tmp_path, capsys):
-    assert main(["--data", str(tmp_path), "--method", "x=nope.safetensors"]) == 2
+def test_cascadepsp_without_weights_is_skipped_with_a_reason(tmp_path, capsys):
+    data, out = big_folder(tmp_path / "val", n=1), tmp_path / "out"
+    argv = ["--data", str(data), "--out", str(out), "--methods", "coarse,cascadepsp"]
+    assert main([*argv, "--cascadepsp-folder", str(tmp_path / "none")]) == 0
+    assert [r["method"] for r in json.loads((out / "results.json").read_text())] == ["coarse"]
+    assert "skipped cascadepsp: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--methods", "coarse,nope"],
+        ["--checkpoint", "x=missing.safetensors"],
+        ["--checkpoint", "no-equals-sign"],
+    ],
+)
+def test_bad_arguments_exit_2(tmp_path, argv):
+    data = big_folder(tmp_path / "val", n=1)
+    assert main(["--data", str(data), "--out", str(tmp_path / "out"), *argv]) == 2
+
+
+def test_a_folder_without_pairs_exits_2(tmp_path):
+    assert main(["--data", str(tmp_path), "--out", str(tmp_path / "out")]) == 2

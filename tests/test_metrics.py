@@ -2,8 +2,8 @@ import cv2
 import numpy as np
 import pytest
 
-from airm.evaluation import ScoreAccumulator
-from airm.metrics import boundary_accuracy, boundary_radii, iou, iou_counts
+from eval.metrics import boundary_accuracy, boundary_radii, iou, iou_counts
+from eval.scoring import ScoreAccumulator, to_truth_size
 
 
 def square(size: int, lo: int, hi: int) -> np.ndarray:
@@ -55,3 +55,28 @@ def test_pooled_iou_is_not_the_mean():
     acc.add("b", square(10, 0, 2), square(10, 0, 4))  # 4 / 16
     assert acc.pooled_iou == pytest.approx(100 * 20 / 32)
     assert acc.mean_iou == pytest.approx(100 * (1 + 0.25) / 2)
+
+
+def test_radii_of_a_davis_frame():
+    # max_r = (480 + 854) / 300 = 4.447 -> 1 + int(3.447 / 5 * i) for i = 0..4
+    assert boundary_radii(480, 854) == [1, 1, 2, 3, 3]
+
+
+def test_band_counted_by_hand():
+    # A 5x5 square in a 9x9 image: every radius is 1 and the 3x3 ellipse is a cross. Dilation
+    # covers 45 pixels (the square plus 5 on each side), erosion the inner 3x3: a band of 36.
+    gt = square(9, 2, 7)
+    pred = gt.copy()
+    pred[2, 2] = False  # one band pixel wrong
+    assert boundary_accuracy(pred, gt) == pytest.approx(35 / 36)
+    pred = gt.copy()
+    pred[4, 4] = False  # the centre is outside the band: not counted
+    assert boundary_accuracy(pred, gt) == 1.0
+
+
+def test_outputs_of_another_size_are_resized_bilinearly_then_thresholded():
+    small = np.zeros((4, 4), np.uint8)
+    small[:, 2:] = 255
+    big = to_truth_size(small, (8, 8))
+    assert big.shape == (8, 8) and big[:, 5:].all() and not big[:, :3].any()
+    assert to_truth_size(np.full((8, 8), 128, np.uint8), (8, 8)).all()  # > 127 is foreground
