@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +60,34 @@ def refine(
     Returns HxW uint8 0/255, or HxW float32 probabilities with soft=True.
     options: fields of `InferenceOptions` (scales, min_size, band, uncertain, chunk_size).
     """
+    return _refiner(checkpoint, device, max_pixels, options).refine(image, coarse, soft=soft)
+
+
+def refine_labels(
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    ignore_label: int | None = 255,
+    classes: Sequence[int] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    **options,
+) -> np.ndarray:
+    """Refine every class of a label map and fuse the classes back into one map.
+
+    image: HxWx3 uint8 RGB. labels: HxW integers; pixels equal to ignore_label stay as they
+    are (None: no ignore label). classes: refine only these labels (default: every one).
+    Returns an HxW map of the labels' dtype. `airm.labels` documents how classes are fused.
+    options: fields of `InferenceOptions`, as for `refine`.
+    """
+    refiner = _refiner(checkpoint, device, max_pixels, options)
+    return refiner.refine_labels(image, labels, ignore_label=ignore_label, classes=classes)
+
+
+def _refiner(checkpoint, device, max_pixels: int | None, options: dict) -> Refiner:
+    """The cached model for `checkpoint` on `device`, with these inference options."""
     base = get_refiner(checkpoint, device)
-    refiner = Refiner(
+    return Refiner(
         base.model, device=base.device, options=InferenceOptions(**options), max_pixels=max_pixels
     )
-    return refiner.refine(image, coarse, soft=soft)

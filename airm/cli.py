@@ -1,21 +1,43 @@
-"""The command line of refine.py: one image/mask pair, or two folders of them."""
+"""The command line of refine.py: one image/mask pair, or two folders of them.
+
+Every failure is one line on stderr and a non-zero exit status, never a traceback; an output
+is only ever replaced by a complete file (see `airm.io.atomic_write`). Exit status: 0 when
+everything was refined, 1 when an input could not be (in folder mode the other pairs are still
+done), 2 when the command itself is wrong (flags, checkpoint).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from airm.api import ModelNotFoundError, get_refiner
 from airm.checkpoint import CheckpointError
 from airm.data import IMAGE_SUFFIXES
 from airm.inference import InferenceOptions
-from airm.io import DEFAULT_MAX_PIXELS, InputError, read_image, read_mask, write_mask
+from airm.io import (
+    DEFAULT_MAX_PIXELS,
+    InputError,
+    read_image,
+    read_labels,
+    read_mask,
+    remove_stale_temporaries,
+    write_labels,
+    write_mask,
+)
+from airm.overlay import draw_overlay, write_picture
 from airm.refiner import Refiner
+
+# What may go wrong with one pair without stopping a batch (torch reports out-of-memory and
+# other failures inside the network as RuntimeError).
+PAIR_ERRORS = (InputError, OSError, RuntimeError, MemoryError)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,6 +51,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--coarse", required=True, help="coarse mask file, or folder of masks")
     p.add_argument("--out", required=True, help="output PNG, or output folder")
     p.add_argument("--soft", action="store_true", help="write probabilities (0..255), not 0/255")
+    p.add_argument(
+        "--labels",
+        action="store_true",
+        help="the coarse files are integer label maps (palette or 8/16-bit grayscale PNGs): "
+        "refine every class and fuse them into one map (a palette is kept)",
+    )
+    p.add_argument(
+        "--ignore-label",
+        type=int,
+        default=None,
+        help="with --labels, the label of pixels that belong to no class; they stay as they "
+        "are (default 255)",
+    )
+    p.add_argument(
+        "--overlay",
+        default=None,
+        help="also draw the coarse (magenta) and refined (cyan) boundaries over the image: a "
+        ".jpg/.png file, or in folder mode a folder that receives name.jpg per pair",
+    )
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: shipped model)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0")
     p.add_argument("--scales", default=None, help="comma-separated scales, e.g. 0.125,0.25,0.5,1")
@@ -36,10 +77,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-pixels",
         type=int,
         default=None,
-        help=f"refuse larger images (default {DEFAULT_MAX_PIXELS})",
+        help=f"refuse larger images before reading them (default {DEFAULT_MAX_PIXELS})",
     )
-    p.add_argument("--overwrite", action="store_true", help="in folder mode, redo existing outputs")
+    p.add_argument(
+        "--overwrite", action="store_true", help="in folder mode, redo outputs that exist"
+    )
     return p.parse_args(argv)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One pair to refine, and where its results go."""
+
+    image: Path
+    coarse: Path
+    out: Path
+    overlay: Path | None = None
+
+    def done(self) -> bool:
+        return self.out.exists() and (self.overlay is None or self.overlay.exists())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How every pair is refined, from the flags."""
+
+    refiner: Refiner
+    soft: bool = False
+    labels: bool = False
+    ignore_label: int | None = None  # None: the library's default
 
 
 def _stem(path: Path) -> str:
@@ -51,87 +117,164 @@ def _stem(path: Path) -> str:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    """Image files of a folder; hidden files (and the temporaries of atomic writes) are not."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
 
 
 def match_folders(
-    images: Path, coarse: Path, out: Path
-) -> tuple[list[tuple[Path, Path, Path]], list[str]]:
-    """(image, coarse, output) triples for every image with a mask; and the unmatched names."""
+    images: Path, coarse: Path, out: Path, overlay: Path | None = None
+) -> tuple[list[Job], list[str]]:
+    """A Job for every image with a mask of the same name; and why other images have none.
+
+    out/<name>.png receives the result (and overlay/<name>.jpg the picture). A BIG-layout
+    <name>_im.* matches <name>_seg.png, which is preferred over a plain <name>.png.
+    """
     masks: dict[str, Path] = {}
     for m in _images(coarse):
+        if m.stem.endswith("_im"):
+            continue  # an image, when images and masks share a folder
         if m.stem.endswith("_seg") or _stem(m) not in masks:
             masks[_stem(m)] = m
-    triples, unmatched = [], []
+    jobs, unmatched, seen = [], [], set()
     for image in _images(images):
         name = _stem(image)
-        if image.stem.endswith(("_gt", "_seg", "_mask")):
+        if image.stem.endswith(("_gt", "_seg", "_mask")) or masks.get(name) == image:
             continue
-        if name in masks:
-            triples.append((image, masks[name], out / f"{name}.png"))
+        if name not in masks:
+            unmatched.append(f"{image.name}: no coarse mask named {name}")
+        elif name in seen:
+            unmatched.append(f"{image.name}: another image is also named {name}")
         else:
-            unmatched.append(image.name)
-    return triples, unmatched
+            seen.add(name)
+            picture = overlay / f"{name}.jpg" if overlay is not None else None
+            jobs.append(Job(image, masks[name], out / f"{name}.png", picture))
+    return jobs, unmatched
 
 
-def refine_file(refiner: Refiner, image: Path, coarse: Path, out: Path, *, soft: bool) -> None:
-    img = read_image(image, max_pixels=refiner.max_pixels)
-    mask = read_mask(coarse, max_pixels=refiner.max_pixels)
-    result = refiner.refine(img, mask, soft=soft)
-    if soft:
-        result = (np.clip(result, 0, 1) * 255).round().astype(np.uint8)
-    write_mask(out, result)
+def refine_pair(settings: Settings, job: Job, *, reuse_output: bool = False) -> None:
+    """Refine one pair and write its output (and overlay), each atomically.
+
+    reuse_output: the output exists already (only the overlay is missing): read it instead of
+    refining again.
+    """
+    max_pixels = settings.refiner.max_pixels
+    image = read_image(job.image, max_pixels=max_pixels)
+    if settings.labels:
+        coarse, palette = read_labels(job.coarse, max_pixels=max_pixels)
+    else:
+        coarse = read_mask(job.coarse, max_pixels=max_pixels)
+    if reuse_output:
+        refined = (read_labels if settings.labels else read_mask)(job.out, max_pixels=max_pixels)
+        refined = refined.labels if settings.labels else refined
+    elif settings.labels:
+        extra = {} if settings.ignore_label is None else {"ignore_label": settings.ignore_label}
+        refined = settings.refiner.refine_labels(image, coarse, **extra)
+        write_labels(job.out, refined, palette)
+    else:
+        refined = settings.refiner.refine(image, coarse, soft=True)
+        if settings.soft:
+            write_mask(job.out, (np.clip(refined, 0, 1) * 255).round().astype(np.uint8))
+        else:
+            write_mask(job.out, np.where(refined > 0.5, 255, 0).astype(np.uint8))
+    if job.overlay is not None:
+        write_picture(job.overlay, draw_overlay(image, refined, coarse))
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def attempt(settings: Settings, job: Job, *, reuse_output: bool = False) -> tuple[list[str], str]:
+    """Refine one pair (see `refine_pair`): (its warnings, its error or ""), each one line."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            refine_pair(settings, job, reuse_output=reuse_output)
+    except PAIR_ERRORS as e:
+        return [], _one_line(e)
+    return [_one_line(w.message) for w in caught], ""
+
+
+def _check_flags(args: argparse.Namespace) -> str | None:
+    """Why the flags cannot work together, or None."""
+    image, coarse, out = Path(args.image), Path(args.coarse), Path(args.out)
+    overlay = Path(args.overlay) if args.overlay is not None else None
+    if args.soft and args.labels:
+        return "--soft and --labels do not go together (a label map has no probabilities)"
+    if args.ignore_label is not None and not args.labels:
+        return "--ignore-label needs --labels"
+    if image.is_dir():
+        if not coarse.is_dir():
+            return f"--image is a folder, so --coarse must be one too ({coarse} is not)"
+        for flag, path in (("--out", out), ("--overlay", overlay)):
+            if path is not None and path.exists() and not path.is_dir():
+                return f"--image is a folder, so {flag} must be one too ({path} is a file)"
+        return None
+    if coarse.is_dir():
+        return f"--image is a file, so --coarse must be one too ({coarse} is a folder)"
+    if overlay is not None and Image.registered_extensions().get(overlay.suffix.lower()) is None:
+        return f"--overlay {overlay}: name a picture file (.jpg or .png)"
+    return None
+
+
+def _make_settings(args: argparse.Namespace) -> Settings:
+    scales = {"scales": tuple(float(s) for s in args.scales.split(","))} if args.scales else {}
+    base = get_refiner(args.checkpoint, args.device)
+    refiner = Refiner(
+        base.model,
+        device=base.device,
+        options=InferenceOptions(**scales),
+        max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
+    )
+    return Settings(refiner, soft=args.soft, labels=args.labels, ignore_label=args.ignore_label)
+
+
+def run_folders(settings: Settings, args: argparse.Namespace) -> int:
+    """Every pair of two folders, with a progress bar and a summary; resumes where it stopped."""
+    overlay = Path(args.overlay) if args.overlay is not None else None
+    jobs, unmatched = match_folders(Path(args.image), Path(args.coarse), Path(args.out), overlay)
+    for reason in unmatched:
+        print(f"warning: {reason}; skipped", file=sys.stderr)
+    todo = [job for job in jobs if args.overwrite or not job.done()]
+    if len(todo) < len(jobs):
+        print(f"{len(jobs) - len(todo)} outputs exist already; skipped", file=sys.stderr)
+    remove_stale_temporaries([p for job in jobs for p in (job.out, job.overlay) if p is not None])
+    failed = 0
+    for job in tqdm(todo, desc="refining", unit="image"):
+        notes, error = attempt(settings, job, reuse_output=not args.overwrite and job.out.exists())
+        for note in notes:
+            tqdm.write(f"warning: {job.image.name}: {note}", file=sys.stderr)
+        if error:
+            failed += 1
+            tqdm.write(f"error: {job.image.name}: {error}", file=sys.stderr)
+    print(
+        f"{len(todo) - failed} refined, {len(jobs) - len(todo)} skipped, {failed} failed, "
+        f"{len(unmatched)} unmatched",
+        file=sys.stderr,
+    )
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    problem = _check_flags(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
-        options = InferenceOptions(
-            **({"scales": tuple(float(s) for s in args.scales.split(","))} if args.scales else {})
-        )
-        base = get_refiner(args.checkpoint, args.device)
+        settings = _make_settings(args)
     except (ModelNotFoundError, CheckpointError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
-    refiner = Refiner(
-        base.model,
-        device=base.device,
-        options=options,
-        max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
-    )
-    image, coarse, out = Path(args.image), Path(args.coarse), Path(args.out)
-    if image.is_dir() != coarse.is_dir() and image.exists() and coarse.exists():
-        print("error: --image and --coarse must both be files or both be folders", file=sys.stderr)
-        return 2
-    if not image.is_dir():
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                refine_file(refiner, image, coarse, out, soft=args.soft)
-            for w in caught:
-                print(f"warning: {w.message}", file=sys.stderr)
-        except (InputError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        return 0
-    triples, unmatched = match_folders(image, coarse, out)
-    for name in unmatched:
-        print(f"warning: no coarse mask for {name}; skipped", file=sys.stderr)
-    todo = [t for t in triples if args.overwrite or not t[2].exists()]
-    if len(todo) < len(triples):
-        print(f"{len(triples) - len(todo)} outputs exist already; skipped", file=sys.stderr)
-    failures = 0
-    for img, mask, dst in tqdm(todo, desc="refining", unit="image"):
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                refine_file(refiner, img, mask, dst, soft=args.soft)
-            for w in caught:
-                tqdm.write(f"warning: {img.name}: {w.message}", file=sys.stderr)
-        except (InputError, OSError) as e:
-            failures += 1
-            tqdm.write(f"error: {img.name}: {e}", file=sys.stderr)
-    if failures:
-        print(f"{failures} of {len(todo)} images failed", file=sys.stderr)
-        return 1
-    return 0
+    if Path(args.image).is_dir():
+        return run_folders(settings, args)
+    overlay = Path(args.overlay) if args.overlay is not None else None
+    job = Job(Path(args.image), Path(args.coarse), Path(args.out), overlay)
+    notes, error = attempt(settings, job)
+    for line in [f"warning: {note}" for note in notes] + [f"error: {error}"] * bool(error):
+        print(line, file=sys.stderr)
+    return 1 if error else 0

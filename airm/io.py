@@ -4,7 +4,13 @@ Images become HxWx3 uint8 RGB: grayscale is replicated, alpha is dropped, 16-bit
 to 8-bit, EXIF orientation is applied. Masks become HxW float32 probabilities in [0, 1]:
 0/255, 0/1 and bool masks are binary, other values are read as soft; RGB masks take the
 channel maximum, RGBA masks with a non-constant alpha take the alpha, palette masks are
-foreground wherever the index is non-zero, 16-bit masks are scaled by 65535.
+foreground wherever the index is non-zero, 16-bit masks are scaled by 65535 (unless no value
+exceeds 255: that is an 8-bit mask stored in 16 bits). Label maps (`read_labels`) are read as
+they are, one integer per pixel, with none of these rules.
+
+Every file is written atomically: into a temporary `.<name>.<random>.tmp` beside it, then
+renamed, so a reader never sees a half-written file (nor takes a temporary for an image: its
+suffix is .tmp); `remove_stale_temporaries` clears the temporaries a killed writer left behind.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -34,10 +42,41 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         write(tmp)
+        with open(tmp, "r+b") as f:
+            os.fsync(f.fileno())  # the data reaches the disk before the name does
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def temporary_target(name: str) -> str | None:
+    """The file name a temporary of `atomic_write` was to become, or None if `name` is not one."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return None
+    target, dot, random = name[1:-4].rpartition(".")
+    return target if target and dot and random else None
+
+
+def remove_stale_temporaries(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Delete the temporaries that writes of `paths` killed mid-way left behind.
+
+    Only `.<name>.<random>.tmp` files beside each path are touched (each folder is listed
+    once). A process writing one of these paths at the same time would lose its temporary, so
+    call this before writing them, not while another process does. Returns the deleted paths.
+    """
+    folders: dict[Path, set[str]] = {}
+    for path in map(Path, paths):
+        folders.setdefault(path.parent, set()).add(path.name)
+    removed = []
+    for folder, names in folders.items():
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if temporary_target(entry.name) in names and entry.is_file():
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+    return removed
 
 
 def _umask() -> int:
@@ -121,7 +160,7 @@ def normalize_mask(mask: np.ndarray) -> np.ndarray:
     top = int(mask.max()) if mask.size else 0
     if top <= 1:
         return mask.astype(np.float32)
-    if mask.dtype == np.uint16 or top > 255:
+    if top > 255:
         return (mask.astype(np.float32) / 65535.0).clip(0, 1)
     return (mask.astype(np.float32) / 255.0).clip(0, 1)
 
@@ -163,3 +202,48 @@ def read_mask(
 def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
     """Write an HxW uint8 mask as PNG atomically (never a half-written file)."""
     atomic_write(path, lambda tmp: Image.fromarray(mask).save(tmp, format="PNG"))
+
+
+class LabelMap(NamedTuple):
+    """A label map read from a file: HxW integers, and the file's palette if it had one."""
+
+    labels: np.ndarray  # HxW uint8 or uint16
+    palette: list[int] | None  # flat [r, g, b, r, g, b, ...] of a palette PNG
+
+
+def read_labels(
+    path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> LabelMap:
+    """Read an integer label map: palette images give their indices, grayscale (8 or 16-bit)
+    its values, bilevel images 0/1. Colour images are refused: their colours are not labels."""
+    image = _open(path, max_pixels)
+    if image.mode == "P":
+        return LabelMap(np.array(image, dtype=np.uint8), image.getpalette())
+    if image.mode in ("1", "L"):
+        return LabelMap(np.array(image, dtype=np.uint8), None)
+    if image.mode.startswith("I"):
+        labels = np.array(image)
+        if labels.size and (labels.min() < 0 or labels.max() > 65535):
+            raise InputError(f"{path} holds labels outside 0..65535")
+        return LabelMap(labels.astype(np.uint16), None)
+    raise InputError(
+        f"{path} is not a label map (a {image.mode} image): save one integer per pixel, as a "
+        "palette or grayscale PNG"
+    )
+
+
+def write_labels(
+    path: str | os.PathLike, labels: np.ndarray, palette: list[int] | None = None
+) -> None:
+    """Write an HxW integer label map as PNG atomically: 8-bit (a palette PNG when `palette` is
+    given) when every label fits in 0..255, else 16-bit grayscale."""
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() > 65535):
+        raise InputError("a PNG holds labels in 0..65535 only")
+    if labels.size == 0 or labels.max() <= 255:
+        image = Image.fromarray(labels.astype(np.uint8))
+        if palette is not None:
+            image.putpalette(palette)  # an L image with a palette becomes P, indices unchanged
+    else:
+        image = Image.fromarray(labels.astype(np.uint16))
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -11,6 +12,7 @@ import torch
 from airm.checkpoint import load_model
 from airm.inference import InferenceOptions, refine_probability
 from airm.io import DEFAULT_MAX_PIXELS, InputError, check_size, normalize_image, normalize_mask
+from airm.labels import refine_labels
 from airm.modeling.airm import AIRM
 
 
@@ -57,6 +59,20 @@ class Refiner:
         if soft:
             return prob
         return np.where(prob > 0.5, 255, 0).astype(np.uint8)
+
+    def refine_labels(
+        self,
+        image: np.ndarray,
+        labels: np.ndarray,
+        *,
+        ignore_label: int | None = 255,
+        classes: Sequence[int] | None = None,
+    ) -> np.ndarray:
+        """Refine every class of an HxW integer label map and fuse them into one map.
+
+        Returns an HxW map of the labels' dtype; `airm.labels` documents the fusion.
+        """
+        return refine_labels(self, image, labels, ignore_label=ignore_label, classes=classes)
 
     def refine_torch(self, image: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         """Tensor twin of `refine`.

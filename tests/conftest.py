@@ -30,3 +30,15 @@ def tiny_checkpoint(tmp_path):
     path = tmp_path / "tiny.safetensors"
     save_model(tiny_model("airm_efficientnet_lite0"), path)
     return path
+
+
+def label_pair(height: int, width: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """An image of a bright disc and a dark square on noise, and a coarse uint8 label map:
+    0 background, 1 the disc (shifted), 2 the square (grown), 255 (ignore) on the top row."""
+    image, disc = disc_pair(height, width, seed=seed)
+    top, left, side = height // 10, width // 10, min(height, width) // 4
+    image[top : top + side, left : left + side] = (20, 20, 200)
+    labels = np.where(disc > 0, 1, 0).astype(np.uint8)
+    labels[max(0, top - 2) : top + side + 2, max(0, left - 2) : left + side + 2] = 2
+    labels[0] = 255
+    return image, labels

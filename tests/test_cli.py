@@ -1,9 +1,12 @@
+from pathlib import Path
+
 import numpy as np
+import pytest
 from PIL import Image
 
 from airm.cli import main
 
-from conftest import disc_pair
+from conftest import disc_pair, label_pair
 
 FAST = ["--scales", "1"]
 
@@ -110,3 +113,354 @@ def test_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "not found" in err and "\n" not in err
+
+
+def run_cli(checkpoint, image, coarse, out, *extra) -> int:
+    """refine.py on one pair with `checkpoint`, at one scale (fast)."""
+    return main(cli_args(image, coarse, out, "--checkpoint", checkpoint, *FAST, *extra))
+
+
+def mask_encodings(coarse: np.ndarray) -> dict[str, Image.Image]:
+    """The same binary mask saved in every encoding SPEC section 6 names."""
+    binary = coarse > 0
+    rgba = np.zeros((*binary.shape, 4), np.uint8)
+    rgba[..., 3] = binary * 255
+    return {
+        "gray": Image.fromarray(binary.astype(np.uint8) * 255),
+        "zero_one": Image.fromarray(binary.astype(np.uint8)),
+        "rgb": Image.fromarray(np.repeat(binary[..., None], 3, axis=2).astype(np.uint8) * 255),
+        "rgba": Image.fromarray(rgba, "RGBA"),
+        "palette": Image.fromarray(binary.astype(np.uint8) * 3).convert("P"),
+        "deep": Image.fromarray(binary.astype(np.uint16) * 65535),
+    }
+
+
+def test_every_mask_and_image_encoding_gives_the_same_output(tmp_path, tiny_checkpoint):
+    image, coarse = disc_pair(40, 56)
+    Image.fromarray(image).save(tmp_path / "rgb.png")
+    gray = image.mean(axis=2).astype(np.uint8)
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "gray16.png")
+    alpha = np.concatenate([image, np.full((40, 56, 1), 255, np.uint8)], axis=2)
+    Image.fromarray(alpha, "RGBA").save(tmp_path / "rgba.png")
+    outputs = {}
+    for name, mask in mask_encodings(coarse).items():
+        mask.save(tmp_path / f"mask_{name}.png")
+        image, out = tmp_path / "rgb.png", tmp_path / f"out_{name}.png"
+        assert run_cli(tiny_checkpoint, image, tmp_path / f"mask_{name}.png", out) == 0
+        outputs[name] = np.asarray(Image.open(out))
+    for name, out in outputs.items():
+        assert np.array_equal(out, outputs["gray"]), name
+    for name in ("gray", "gray16", "rgba"):
+        coarse, out = tmp_path / "mask_gray.png", tmp_path / f"from_{name}.png"
+        assert run_cli(tiny_checkpoint, tmp_path / f"{name}.png", coarse, out) == 0
+        outputs[name] = np.asarray(Image.open(out))
+    assert np.array_equal(outputs["gray16"], outputs["gray"])  # 16-bit = 8-bit * 257
+    assert np.array_equal(outputs["rgba"], outputs["rgb"])  # an opaque alpha changes nothing
+
+
+def test_exif_rotated_photo_is_refined_upright(tmp_path, tiny_checkpoint):
+    image, coarse = disc_pair(40, 56)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 40 x 56, shown rotated to 56 x 40
+    Image.fromarray(image).save(tmp_path / "r.jpg", exif=exif)
+    Image.fromarray(np.rot90(coarse, -1).copy()).save(tmp_path / "upright.png")
+    out = tmp_path / "out.png"
+    assert run_cli(tiny_checkpoint, tmp_path / "r.jpg", tmp_path / "upright.png", out) == 0
+    assert np.asarray(Image.open(out)).shape == (56, 40)
+
+
+@pytest.mark.parametrize("value", [0, 255])
+def test_empty_and_full_masks_come_back_unchanged_with_a_warning(
+    tmp_path, tiny_checkpoint, capsys, value
+):
+    write_pair(tmp_path, "a")
+    Image.fromarray(np.full((48, 64), value, np.uint8)).save(tmp_path / "flat.png")
+    out = tmp_path / "out.png"
+    assert run_cli(tiny_checkpoint, tmp_path / "a.jpg", tmp_path / "flat.png", out) == 0
+    assert (np.asarray(Image.open(out)) == value).all()
+    assert (
+        capsys.readouterr().err.strip() == "warning: the coarse mask is empty or full; "
+        "returning it unchanged"
+    )
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("huge", "above the limit"),
+        ("truncated", "cannot read"),
+        ("missing", "no such file"),
+    ],
+)
+def test_bad_files_are_one_line_and_leave_the_output(
+    tmp_path, tiny_checkpoint, capsys, damage, message
+):
+    write_pair(tmp_path, "a", height=96, width=128)
+    image = tmp_path / "a.jpg"
+    extra = []
+    if damage == "huge":
+        extra = ["--max-pixels", 96 * 128 - 1]
+    elif damage == "truncated":
+        data = image.read_bytes()
+        image.write_bytes(data[: len(data) // 2])
+    else:
+        image = tmp_path / "absent.jpg"
+    out = tmp_path / "out.png"
+    out.write_bytes(b"previous result")
+    assert run_cli(tiny_checkpoint, image, tmp_path / "a.png", out, *extra) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and err.count("\n") == 1
+    assert out.read_bytes() == b"previous result"
+
+
+@pytest.mark.parametrize("kind", ["truncated", "pickled", "other"])
+def test_bad_checkpoints_are_one_line(tmp_path, tiny_checkpoint, capsys, kind):
+    import torch
+    from safetensors.torch import save_file
+
+    write_pair(tmp_path, "a")
+    bad = tmp_path / "bad.safetensors"
+    if kind == "truncated":
+        bad.write_bytes(tiny_checkpoint.read_bytes()[:5000])
+    elif kind == "pickled":
+        torch.save({"weights": torch.zeros(3)}, bad)
+    else:
+        save_file({"x": torch.zeros(2)}, str(bad))
+    rc = main(
+        cli_args(tmp_path / "a.jpg", tmp_path / "a.png", tmp_path / "o.png", "--checkpoint", bad)
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error:") and err.count("\n") == 1
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("layout", "extra", "message"),
+    [
+        ("files", ["--soft", "--labels"], "do not go together"),
+        ("files", ["--ignore-label", "0"], "needs --labels"),
+        ("files", ["--overlay", "pic.xyz"], "picture file"),
+        ("dir_file", [], "must be one too"),
+        ("file_dir", [], "--image is a file"),
+        ("out_file", [], "--out must be one too"),
+    ],
+)
+def test_flags_that_cannot_work_are_one_line(tmp_path, capsys, layout, extra, message):
+    write_pair(tmp_path, "a")
+    (tmp_path / "dir").mkdir()
+    image, coarse, out = tmp_path / "a.jpg", tmp_path / "a.png", tmp_path / "o.png"
+    if layout == "dir_file":
+        image = tmp_path / "dir"
+    elif layout == "file_dir":
+        coarse = tmp_path / "dir"
+    elif layout == "out_file":
+        image = coarse = tmp_path / "dir"
+        out = tmp_path / "a.png"
+    assert main(cli_args(image, coarse, out, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and err.count("\n") == 1
+
+
+def make_folders(tmp_path, names, height=40, width=56):
+    images, masks = tmp_path / "im", tmp_path / "seg"
+    images.mkdir(exist_ok=True)
+    masks.mkdir(exist_ok=True)
+    for i, name in enumerate(names):
+        image, coarse = disc_pair(height, width, seed=i)
+        Image.fromarray(image).save(images / f"{name}.jpg")
+        Image.fromarray(coarse).save(masks / f"{name}.png")
+    return images, masks, tmp_path / "out"
+
+
+def test_a_failing_pair_leaves_every_other_file_alone(tmp_path, tiny_checkpoint, capsys):
+    images, masks, out = make_folders(tmp_path, ["good", "bad", "kept"])
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(masks / "bad.png")  # wrong size
+    out.mkdir()
+    (out / "bad.png").write_bytes(b"earlier output")
+    (out / "unrelated.txt").write_bytes(b"mine")
+    args = ["--overwrite", "--checkpoint", tiny_checkpoint, *FAST]
+    assert main(cli_args(images, masks, out, *args)) == 1
+    err = capsys.readouterr().err
+    assert "error: bad.jpg:" in err and "same size" in err and "Traceback" not in err
+    assert "2 refined, 0 skipped, 1 failed" in err
+    assert (out / "bad.png").read_bytes() == b"earlier output"
+    assert (out / "unrelated.txt").read_bytes() == b"mine"
+    for name in ("good", "kept"):
+        assert np.asarray(Image.open(out / f"{name}.png")).shape == (40, 56)
+
+
+def test_temporaries_and_hidden_files_are_no_inputs_or_outputs(tmp_path, tiny_checkpoint, capsys):
+    images, masks, out = make_folders(tmp_path, ["a", "b"])
+    out.mkdir()
+    stale = out / ".a.png.q8w7e6r5.tmp"  # a write killed half-way in an earlier run
+    stale.write_bytes(b"\x89PNG half")
+    (images / ".b.png.zzzzzzzz.tmp").write_bytes(b"junk")
+    (images / "._a.jpg").write_bytes(b"resource fork")  # what macOS leaves on a USB stick
+    (masks / ".a.png.aaaaaaaa.tmp").write_bytes(b"junk")
+    assert main(cli_args(images, masks, out, "--checkpoint", tiny_checkpoint, *FAST)) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    assert "2 refined, 0 skipped, 0 failed, 0 unmatched" in capsys.readouterr().err
+
+
+def test_big_layout_in_one_folder(tmp_path, tiny_checkpoint, capsys):
+    """name_im.jpg pairs with name_seg.png (not with itself, nor with name_gt.png)."""
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for i, name in enumerate(["p", "q"]):
+        image, coarse = disc_pair(40, 56, seed=i)
+        Image.fromarray(image).save(folder / f"{name}_im.jpg")
+        Image.fromarray(coarse).save(folder / f"{name}_seg.png")
+        Image.fromarray(255 - coarse).save(folder / f"{name}_gt.png")
+    (folder / "lonely_im.jpg").write_bytes((folder / "p_im.jpg").read_bytes())
+    out = tmp_path / "out"
+    assert main(cli_args(folder, folder, out, "--checkpoint", tiny_checkpoint, *FAST)) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["p.png", "q.png"]
+    refined = np.asarray(Image.open(out / "p.png"))
+    seg, gt = (np.asarray(Image.open(folder / f"p_{kind}.png")) for kind in ("seg", "gt"))
+    assert (refined == seg).mean() > (refined == gt).mean()
+    err = capsys.readouterr().err
+    assert "warning: lonely_im.jpg: no coarse mask named lonely; skipped" in err
+    assert "2 refined, 0 skipped, 0 failed, 1 unmatched" in err
+
+
+def test_overlay_of_one_pair(tmp_path, tiny_checkpoint):
+    from airm.overlay import COARSE_COLOR, REFINED_COLOR, boundaries
+
+    write_pair(tmp_path, "a", height=64, width=80)
+    image, coarse = tmp_path / "a.jpg", tmp_path / "a.png"
+    picture, out = tmp_path / "pics" / "a_overlay.png", tmp_path / "o.png"
+    assert run_cli(tiny_checkpoint, image, coarse, out, "--overlay", picture) == 0
+    pixels = np.asarray(Image.open(picture).convert("RGB"))
+    assert pixels.shape == (64, 80, 3)
+    refined = boundaries(np.asarray(Image.open(out)))
+    only_coarse = boundaries(np.asarray(Image.open(coarse))) & ~refined
+    assert refined.any()  # (the tiny model may cover every coarse boundary pixel)
+    assert (pixels[refined] == REFINED_COLOR).all()
+    assert (pixels[only_coarse] == COARSE_COLOR).all()
+    plain = ~(refined | only_coarse)
+    assert np.array_equal(pixels[plain], np.asarray(Image.open(image))[plain])
+
+
+def test_folder_overlays_resume_without_refining_again(tmp_path, tiny_checkpoint, capsys):
+    images, masks, out = make_folders(tmp_path, ["a", "b"])
+    pictures = tmp_path / "pictures"
+    args = cli_args(images, masks, out, "--checkpoint", tiny_checkpoint, *FAST)
+    assert main(args) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main([*args, "--overlay", str(pictures)]) == 0  # outputs exist, pictures do not
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert sorted(p.name for p in pictures.iterdir()) == ["a.jpg", "b.jpg"]
+    assert Image.open(pictures / "a.jpg").size == (56, 40)
+    capsys.readouterr()
+    assert main([*args, "--overlay", str(pictures)]) == 0
+    assert "2 outputs exist already" in capsys.readouterr().err
+
+
+def write_label_pair(folder, name, *, palette=None, seed=0):
+    image, labels = label_pair(48, 64, seed=seed)
+    Image.fromarray(image).save(folder / f"{name}.jpg")
+    picture = Image.fromarray(labels)
+    if palette is not None:
+        picture.putpalette(palette)
+    picture.save(folder / f"{name}.png")
+    return labels
+
+
+def test_labels_of_one_pair_keep_palette_and_ignore(tmp_path, tiny_checkpoint):
+    palette = [v for i in range(256) for v in (i, 3 * i % 256, 255 - i)]
+    labels = write_label_pair(tmp_path, "a", palette=palette)
+    image, coarse = tmp_path / "a.jpg", tmp_path / "a.png"
+    out, picture = tmp_path / "labels.png", tmp_path / "overlay.jpg"
+    assert run_cli(tiny_checkpoint, image, coarse, out, "--labels", "--overlay", picture) == 0
+    result = Image.open(out)
+    assert result.mode == "P" and result.getpalette() == palette
+    refined = np.asarray(result)
+    assert refined.shape == labels.shape and set(np.unique(refined)) <= {0, 1, 2, 255}
+    assert (refined[0] == 255).all() and not (refined[1:] == 255).any()
+    assert Image.open(picture).size == (64, 48)
+
+
+def test_labels_ignore_label_flag(tmp_path, tiny_checkpoint):
+    labels = write_label_pair(tmp_path, "a")
+    image, coarse, out = tmp_path / "a.jpg", tmp_path / "a.png", tmp_path / "labels.png"
+    assert run_cli(tiny_checkpoint, image, coarse, out, "--labels", "--ignore-label", 2) == 0
+    refined = np.asarray(Image.open(out))
+    assert np.array_equal(refined == 2, labels == 2)  # 2 is ignored: kept, never spread
+
+
+def test_labels_folders_and_rgb_label_maps(tmp_path, tiny_checkpoint, capsys):
+    images, masks, out = tmp_path / "im", tmp_path / "seg", tmp_path / "out"
+    images.mkdir()
+    masks.mkdir()
+    write_label_pair(images, "a")
+    (images / "a.png").rename(masks / "a.png")
+    write_label_pair(images, "rgb", seed=1)
+    rgb = Image.open(images / "rgb.png").convert("RGB")
+    (images / "rgb.png").unlink()
+    rgb.save(masks / "rgb.png")
+    args = cli_args(
+        images,
+        masks,
+        out,
+        "--labels",
+        "--overlay",
+        tmp_path / "pics",
+        "--checkpoint",
+        tiny_checkpoint,
+        *FAST,
+    )
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "error: rgb.jpg:" in err and "not a label map" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"]
+    assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == ["a.jpg"]
+
+
+def test_batch_killed_part_way_resumes_without_redoing_anything(tmp_path, tiny_checkpoint):
+    """200 pairs: kill the run (SIGKILL) once some outputs exist, run again; every output is
+    a complete PNG, each pair was refined once, and no temporary is left."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    sizes = {f"p{i:03d}": (24 + i % 5 * 4, 32 + i % 3 * 8) for i in range(200)}
+    images, masks, out = tmp_path / "im", tmp_path / "seg", tmp_path / "out"
+    images.mkdir()
+    masks.mkdir()
+    for i, (name, (height, width)) in enumerate(sizes.items()):
+        image, coarse = disc_pair(height, width, seed=i)
+        Image.fromarray(image).save(images / f"{name}_im.jpg")
+        Image.fromarray(coarse).save(masks / f"{name}_seg.png")
+    root = Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable, str(root / "refine.py"),
+        *cli_args(images, masks, out, "--checkpoint", tiny_checkpoint, *FAST),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen(command, cwd=root, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(list(out.glob("*.png"))) < 20 and run.poll() is None:
+        assert time.monotonic() < deadline, "the first run wrote too few outputs"
+        time.sleep(0.02)
+    run.kill()
+    run.wait()
+    first = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.png")}
+    assert 20 <= len(first) < 200, "the first run was not stopped part-way"
+    unfinished = next(name for name in sizes if f"{name}.png" not in first)
+    (out / f".{unfinished}.png.k1ll3d00.tmp").write_bytes(b"\x89PNG cut short")  # as if killed
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{len(first)} outputs exist already" in done.stderr
+    assert f"{200 - len(first)} refined, {len(first)} skipped, 0 failed" in done.stderr, (
+        done.stderr[-500:]
+    )
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{name}.png" for name in sizes)
+    for name, (height, width) in sizes.items():
+        with Image.open(out / f"{name}.png") as result:
+            result.load()  # a truncated PNG fails here
+            assert result.size == (width, height) and result.mode == "L"
+            assert set(np.unique(np.asarray(result))) <= {0, 255}
+    for name, stat in first.items():  # not written again
+        assert ((out / name).stat().st_ino, (out / name).stat().st_mtime_ns) == stat, name

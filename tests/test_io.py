@@ -94,3 +94,118 @@ def test_written_masks_have_ordinary_permissions(tmp_path):
     os.umask(umask)
     assert (tmp_path / "m.png").stat().st_mode & 0o777 == 0o666 & ~umask
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_more_mask_files_rgb_drawn_soft_and_16bit_0_255(tmp_path):
+    truth = np.zeros((6, 6), bool)
+    truth[1:4, 2:5] = True
+    drawn = np.zeros((6, 6, 4), np.uint8)
+    drawn[..., 3] = 255  # opaque: the colour is the mask
+    drawn[truth, :3] = 255
+    Image.fromarray(drawn, "RGBA").save(tmp_path / "drawn.png")
+    Image.fromarray(truth.astype(np.uint16) * 255).save(tmp_path / "deep255.png")
+    for name in ("drawn", "deep255"):
+        assert np.array_equal(read_mask(tmp_path / f"{name}.png"), truth.astype(np.float32)), name
+    soft = np.arange(36, dtype=np.uint8).reshape(6, 6) * 7
+    Image.fromarray(soft).save(tmp_path / "soft.png")
+    assert np.allclose(read_mask(tmp_path / "soft.png"), soft / 255.0)
+
+
+def test_image_arrays_normalise_to_the_same_rgb():
+    gray = np.arange(20, dtype=np.uint8).reshape(4, 5) * 12
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    rgba = np.concatenate([rgb, np.full((4, 5, 1), 7, np.uint8)], axis=2)
+    for image in (gray, gray[..., None], rgba, rgb.astype(np.uint16) * 257, rgb / 255.0):
+        assert np.array_equal(normalize_image(image), rgb), (image.dtype, image.shape)
+
+
+def test_the_pixel_limit_is_checked_before_decoding(tmp_path):
+    """A PNG that claims 12000 x 12000 pixels but holds almost no data: refused for its size
+    (a decoder would have found it truncated)."""
+    import struct
+    import zlib
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "small.png")
+    data = bytearray((tmp_path / "small.png").read_bytes())
+    header = struct.pack(">II", 12000, 12000) + bytes(data[24:29])
+    data[16:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    (tmp_path / "bomb.png").write_bytes(bytes(data))
+    with pytest.raises(InputError, match="above the limit"):
+        read_mask(tmp_path / "bomb.png")
+    with pytest.raises(InputError, match="cannot read"):  # allowed in, it cannot be decoded
+        read_mask(tmp_path / "bomb.png", max_pixels=None)
+
+
+def test_label_files_palette_gray_16bit_and_rgb(tmp_path):
+    from airm.io import read_labels, write_labels
+
+    labels = np.array([[0, 1, 2], [3, 255, 1]], np.uint8)
+    palette = [v for i in range(256) for v in (i, 255 - i, 7)]
+    write_labels(tmp_path / "pal.png", labels, palette)
+    read = read_labels(tmp_path / "pal.png")
+    assert np.array_equal(read.labels, labels) and read.palette[:6] == [0, 255, 7, 1, 254, 7]
+    Image.fromarray(labels).save(tmp_path / "gray.png")
+    assert np.array_equal(read_labels(tmp_path / "gray.png").labels, labels)
+    deep = labels.astype(np.uint16) * 200
+    write_labels(tmp_path / "deep.png", deep)
+    read = read_labels(tmp_path / "deep.png")
+    assert read.labels.dtype == np.uint16 and np.array_equal(read.labels, deep)
+    assert read.palette is None
+    Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(InputError, match="not a label map"):
+        read_labels(tmp_path / "rgb.png")
+    with pytest.raises(InputError, match="0..65535"):
+        write_labels(tmp_path / "neg.png", np.array([[-1, 0]]))
+
+
+def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
+    from airm.io import atomic_write
+
+    target = tmp_path / "out.png"
+    target.write_bytes(b"old")
+
+    def half_write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, half_write)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_stale_temporaries_are_recognised_and_removed(tmp_path):
+    from airm.io import remove_stale_temporaries, temporary_target
+
+    assert temporary_target(".a.png.x1_y2z3q.tmp") == "a.png"
+    assert temporary_target("a.png") is None and temporary_target(".tmp") is None
+    for name in (".a.png.k3j2h1g0.tmp", ".b.png.abcdefgh.tmp", "a.png", ".a.png.keep"):
+        (tmp_path / name).write_bytes(b"x")
+    removed = remove_stale_temporaries([tmp_path / "a.png", tmp_path / "none" / "c.png"])
+    assert [p.name for p in removed] == [".a.png.k3j2h1g0.tmp"]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [".a.png.keep", ".b.png.abcdefgh.tmp", "a.png"]
+
+
+def test_overlay_draws_both_boundaries():
+    from airm.overlay import COARSE_COLOR, REFINED_COLOR, boundaries, draw_overlay
+
+    mask = np.zeros((9, 9), np.uint8)
+    mask[3:6, 3:6] = 255
+    edge = boundaries(mask)
+    inside_ring = np.zeros((9, 9), bool)
+    inside_ring[3:6, 3:6] = True
+    inside_ring[4, 4] = False
+    assert edge[inside_ring].all() and not edge[4, 4] and not edge[0, 0]
+    assert np.array_equal(boundaries(mask / 255.0), edge)  # probabilities are thresholded
+    labels = np.array([[1, 1, 2, 2]] * 3)
+    assert boundaries(labels).tolist() == [[False, True, True, False]] * 3
+    image = np.full((9, 9, 3), 100, np.uint8)
+    coarse = np.zeros((9, 9), np.uint8)
+    coarse[1:8, 1:8] = 255
+    picture = draw_overlay(image, mask, coarse, width=2)
+    assert (picture[4, 3] == REFINED_COLOR).all() and (picture[1, 4] == COARSE_COLOR).all()
+    assert (picture[4, 4] == 100).all() and (image == 100).all()
+    with pytest.raises(InputError, match="9x9"):
+        draw_overlay(image, mask[:8])
