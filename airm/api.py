@@ -87,7 +87,6 @@ def refine_labels(
 
 def _refiner(checkpoint, device, max_pixels: int | None, options: dict) -> Refiner:
     """The cached model for `checkpoint` on `device`, with these inference options."""
-    base = get_refiner(checkpoint, device)
-    return Refiner(
-        base.model, device=base.device, options=InferenceOptions(**options), max_pixels=max_pixels
+    return get_refiner(checkpoint, device).with_options(
+        InferenceOptions(**options), max_pixels=max_pixels
     )

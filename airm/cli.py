@@ -224,10 +224,8 @@ def _check_flags(args: argparse.Namespace) -> str | None:
 def _make_settings(args: argparse.Namespace) -> Settings:
     scales = {"scales": tuple(float(s) for s in args.scales.split(","))} if args.scales else {}
     base = get_refiner(args.checkpoint, args.device)
-    refiner = Refiner(
-        base.model,
-        device=base.device,
-        options=InferenceOptions(**scales),
+    refiner = base.with_options(
+        InferenceOptions(**scales),
         max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
     )
     return Settings(refiner, soft=args.soft, labels=args.labels, ignore_label=args.ignore_label)

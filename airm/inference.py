@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -47,9 +49,9 @@ class InferenceOptions:
     # Queries evaluated at once per image (bounds the decoder's memory).
     chunk_size: int = 65536
     # Encode scales larger than this (either side) tile by tile; None encodes them whole.
-    tile_size: int | None = 1024
+    tile_size: int | None = 512
     # Pixels of image context around each tile.
-    tile_context: int = 128
+    tile_context: int = 64
 
     def __post_init__(self) -> None:
         if not self.scales or any(not 0 < s <= 1 for s in self.scales):
@@ -76,6 +78,11 @@ def scale_sizes(height: int, width: int, options: InferenceOptions) -> list[tupl
     return sizes
 
 
+def as_float(image: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB (0..255) or float RGB -> float RGB in [0, 1]."""
+    return image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+
+
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == size:
         return x
@@ -83,13 +90,34 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def boundary_band(prob: torch.Tensor, band: int, uncertain: tuple[float, float]) -> torch.Tensor:
-    """(B, 1, h, w) probabilities -> bool (B, 1, h, w): near the 0.5 boundary or uncertain."""
-    binary = (prob > 0.5).float()
-    k = 2 * band + 1
-    dilated = F.max_pool2d(F.max_pool2d(binary, (1, k), 1, (0, band)), (k, 1), 1, (band, 0))
-    eroded = -F.max_pool2d(F.max_pool2d(-binary, (1, k), 1, (0, band)), (k, 1), 1, (band, 0))
+    """(B, 1, h, w) probabilities -> bool (B, 1, h, w): near the 0.5 boundary or uncertain.
+
+    "Near" is where a (2 band + 1)-square dilation and erosion of the binary mask differ. On
+    the CPU OpenCV computes them (several times faster than pooling); elsewhere max pooling
+    does; both give the same band.
+    """
+    binary = prob > 0.5
+    near = _near_boundary_cv2(binary, band) if prob.device.type == "cpu" else None
+    if near is None:
+        near = _near_boundary_torch(binary, band)
     lo, hi = uncertain
-    return (dilated != eroded) | ((prob > lo) & (prob < hi))
+    return near | ((prob > lo) & (prob < hi))
+
+
+def _near_boundary_torch(binary: torch.Tensor, band: int) -> torch.Tensor:
+    x = binary.float()
+    k = 2 * band + 1
+    dilated = F.max_pool2d(F.max_pool2d(x, (1, k), 1, (0, band)), (k, 1), 1, (band, 0))
+    eroded = -F.max_pool2d(F.max_pool2d(-x, (1, k), 1, (0, band)), (k, 1), 1, (band, 0))
+    return dilated != eroded
+
+
+def _near_boundary_cv2(binary: torch.Tensor, band: int) -> torch.Tensor:
+    kernel = np.ones((2 * band + 1, 2 * band + 1), np.uint8)
+    out = torch.empty_like(binary)
+    for i, mask in enumerate(binary[:, 0].numpy().view(np.uint8)):
+        out[i, 0] = torch.from_numpy(cv2.dilate(mask, kernel) != cv2.erode(mask, kernel))
+    return out
 
 
 def _query_window(
@@ -101,7 +129,7 @@ def _query_window(
 ) -> torch.Tensor:
     """Probabilities at the selected pixels (flat indices) of one encoded window."""
     size = tuple(image.shape[-2:])
-    encoded = model.encode(image, prob)
+    encoded = model.encode(as_float(image), prob)
     coords = pixel_centres(*size, device=image.device)[selected]
     logits = model.query(encoded, coords.unsqueeze(0), out_size=size, chunk_size=chunk_size)
     return torch.sigmoid(logits[0].float())
@@ -121,7 +149,7 @@ def refine_at_scale(
 ) -> torch.Tensor:
     """One step of the loop at the inputs' own size.
 
-    image: (1, 3, h, w) RGB in [0, 1]; prob: (1, 1, h, w) current mask in [0, 1].
+    image: (1, 3, h, w) uint8 RGB or float RGB in [0, 1]; prob: (1, 1, h, w) current mask.
     band: query only the boundary band of `prob` (see `boundary_band`), or every pixel (None).
     tile_size, tile_context: encode in tiles when the input is larger than tile_size; an input
     that fits (or tile_size=None) is one tile covering everything.
@@ -161,9 +189,13 @@ def refine_probability(
 ) -> torch.Tensor:
     """Coarse-to-fine refinement of one image.
 
-    image: (1, 3, H, W) float RGB in [0, 1]; mask: (1, 1, H, W) float in [0, 1].
+    image: (1, 3, H, W) uint8 RGB, or float RGB in [0, 1]; mask: (1, 1, H, W) float in [0, 1].
+    A uint8 image stays uint8 on the CPU (resized as uint8, turned to float one window at a
+    time), so a full-resolution float copy never exists.
     Returns (1, 1, H, W) float32 probabilities on the input's device.
     """
+    if image.dtype == torch.uint8 and image.device.type != "cpu":
+        image = as_float(image)  # uint8 resizing is a CPU kernel
     height, width = image.shape[-2:]
     prob = mask
     for i, size in enumerate(scale_sizes(height, width, options)):

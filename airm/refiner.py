@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from airm.inference import InferenceOptions, refine_probability
 from airm.io import DEFAULT_MAX_PIXELS, InputError, check_size, normalize_image, normalize_mask
 from airm.labels import refine_labels
 from airm.modeling.airm import AIRM
+from airm.modeling.fusion import inference_copy
 
 
 class Refiner:
@@ -32,13 +34,25 @@ class Refiner:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.device = torch.device(device) if device is not None else _default_device()
-        self.model = model.eval().to(self.device)
+        self.model = inference_copy(model, self.device)  # the caller's model is untouched
         self.options = options or InferenceOptions()
         self.max_pixels = max_pixels
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **kwargs) -> Refiner:
         return cls(load_model(path), **kwargs)
+
+    def with_options(
+        self,
+        options: InferenceOptions | None = None,
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> Refiner:
+        """A Refiner that shares this one's prepared model, with other options."""
+        other = copy.copy(self)
+        other.options = options or InferenceOptions()
+        other.max_pixels = max_pixels
+        return other
 
     def refine(self, image: np.ndarray, coarse: np.ndarray, *, soft: bool = False) -> np.ndarray:
         """Refine one mask.
@@ -95,7 +109,8 @@ class Refiner:
             )
         check_size(height, width, self.max_pixels, "image")
         image = image.to(self.device)
-        image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+        if image.dtype != torch.uint8:
+            image = image.float()
         mask = coarse.to(self.device)
         mask = (
             mask.float() / 255.0 if mask.dtype == torch.uint8 and mask.max() > 1 else mask.float()

@@ -1,11 +1,14 @@
 """Speed and memory of refinement (SPEC section 5): `python -m eval.benchmark --help`.
 
-For each size, the example image and its coarse mask are resized to that size and refined in
-a fresh process, which reports seconds (after one warm-up run at the smallest size, so the
-figure excludes start-up) and its peak memory (max RSS, the whole process). With --compare,
-the same image is also refined without the shortcuts (every pixel queried, every scale encoded
-whole) and the agreement between the two results is printed as IoU and the fraction of pixels
-that differ.
+One scene (the example image and its coarse mask) is resized to each size and refined by
+`airm.refine` in a fresh process, which reports the seconds of one refinement (after a warm-up
+at 720 x 480, so start-up and model loading are excluded) and the process's peak memory (max
+RSS, start-up included; on a GPU also the peak GPU allocation). CascadePSP's pip package
+(`segmentation-refinement`, full mode, L=900) refines the same scene at --cascadepsp-size in
+the same run, with its own weights when they are on disk and random weights otherwise (its
+package downloads them at run time; random weights time the same network, and the output
+says which were used). With --compare, each size is also refined without the shortcuts
+(every pixel queried, every scale encoded whole) and the agreement is printed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import json
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +27,7 @@ if __package__ in (None, ""):
 from eval.child import run_in_process  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples"
+EXHAUSTIVE = {"band": None, "first_band": None, "tile_size": None}
 
 
 def _load(image_path: str, coarse_path: str, size: tuple[int, int]):
@@ -38,40 +43,82 @@ def _load(image_path: str, coarse_path: str, size: tuple[int, int]):
     return image, coarse
 
 
-def measure(args: dict) -> dict:
+def _peaks(device_type: str) -> dict:
     import torch
 
-    from airm.api import get_refiner
-    from airm.inference import InferenceOptions
-    from airm.refiner import Refiner
+    return {
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device_type == "cuda" else None,
+    }
 
-    base = get_refiner(args["checkpoint"], args["device"])
-    options = InferenceOptions(**args["options"])
-    refiner = Refiner(base.model, device=base.device, options=options, max_pixels=None)
-    warm_image, warm_coarse = _load(args["image"], args["coarse"], (480, 720))
-    refiner.refine(warm_image, warm_coarse)
-    image, coarse = _load(args["image"], args["coarse"], tuple(args["size"]))
-    if base.device.type == "cuda":
+
+def _timed(refine, image, coarse, device_type: str):
+    import torch
+
+    if device_type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     tic = time.perf_counter()
-    mask = refiner.refine(image, coarse)
-    if base.device.type == "cuda":
+    mask = refine(image, coarse)
+    if device_type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - tic
-    result = {
-        "size": args["size"],
-        "seconds": seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20
-        if base.device.type == "cuda"
-        else None,
-    }
-    if args.get("save"):
-        import numpy as np
+    return mask, time.perf_counter() - tic
 
-        np.save(args["save"], mask > 127)
-    return result
+
+def measure_airm(args: dict) -> dict:
+    """Refine the scene at args["size"] with airm (runs in its own process)."""
+    import numpy as np
+
+    from airm.api import get_refiner
+    from airm.inference import InferenceOptions
+
+    refiner = get_refiner(args["checkpoint"], args["device"]).with_options(
+        InferenceOptions(**args["options"]), max_pixels=None
+    )
+    refiner.refine(*_load(args["image"], args["coarse"], (480, 720)))  # warm-up
+    image, coarse = _load(args["image"], args["coarse"], tuple(args["size"]))
+    mask, seconds = _timed(refiner.refine, image, coarse, refiner.device.type)
+    np.save(args["save"], mask > 127)
+    return {"seconds": seconds, **_peaks(refiner.device.type)}
+
+
+def measure_cascadepsp(args: dict) -> dict:
+    """Refine the scene at args["size"] with CascadePSP's package (in its own process)."""
+    try:
+        import segmentation_refinement
+        import torch
+        from segmentation_refinement.models.psp.pspnet import RefinementModule
+    except ImportError:
+        return {"skipped": "segmentation-refinement is not installed (pip install -e '.[eval]')"}
+    device = args["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    folder = Path(args["cascadepsp_folder"]).expanduser()
+    weights = "its published weights"
+    with tempfile.TemporaryDirectory() as tmp:
+        if not (folder / "model").is_file():
+            weights = "random weights (its own are downloaded at run time; timing only)"
+            torch.manual_seed(0)
+            state = {f"module.{k}": v for k, v in RefinementModule().state_dict().items()}
+            folder = Path(tmp)
+            torch.save(state, folder / "model")
+        refiner = segmentation_refinement.Refiner(
+            device=device, model_folder=str(folder), download_and_check_model=False
+        )
+    image, coarse = _load(args["image"], args["coarse"], tuple(args["size"]))
+
+    def refine(image, coarse):
+        return refiner.refine(image, coarse.astype("uint8") * 255, fast=False, L=900)
+
+    _, seconds = _timed(refine, image, coarse, torch.device(device).type)
+    return {"seconds": seconds, "weights": weights, **_peaks(torch.device(device).type)}
+
+
+def _row(label: str, size: tuple[int, int], r: dict) -> str:
+    gpu = f"{r['gpu_peak_mb']:9.0f}" if r.get("gpu_peak_mb") is not None else f"{'-':>9}"
+    mp = size[0] * size[1] / 1e6
+    return (
+        f"{size[0]:>5}x{size[1]:<6}{mp:6.1f}  {label:<12}{r['seconds']:9.2f}"
+        f"{r['peak_rss_mb']:13.0f}{gpu}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,11 +131,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     p.add_argument("--image", default=str(EXAMPLE / "composite_im.jpg"), help="image to resize")
     p.add_argument("--coarse", default=str(EXAMPLE / "composite_seg.png"), help="its coarse mask")
-    p.add_argument("--sizes", default="2328x3492,4000x6000", help="comma-separated HxW sizes")
     p.add_argument(
-        "--compare",
-        action="store_true",
-        help="also refine without shortcuts and print the agreement",
+        "--sizes",
+        default="864x1296,1164x1746,2328x3492,4000x6000",
+        help="comma-separated HxW sizes (default: 1, 2, 8 and 24 megapixels)",
+    )
+    p.add_argument(
+        "--cascadepsp-size",
+        default="2328x3492",
+        help="HxW at which CascadePSP is timed too ('none' to skip)",
+    )
+    p.add_argument(
+        "--cascadepsp-folder",
+        default="~/.segmentation-refinement",
+        help="folder holding CascadePSP's `model` weights, if you have them",
+    )
+    p.add_argument(
+        "--compare", action="store_true", help="also refine without shortcuts; print agreement"
     )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
@@ -99,45 +158,66 @@ def main(argv: list[str] | None = None) -> int:
         "image": args.image,
         "coarse": args.coarse,
     }
-    results = []
-    print(f"{'size':>12}{'mode':>12}{'seconds':>10}{'peak RSS MB':>13}{'GPU MB':>9}")
-    for size in sizes:
-        runs = [("shortcuts", {})]
-        if args.compare:
-            runs.append(("full", {"band": None, "first_band": None, "tile_size": None}))
-        saved = {}
-        for mode, options in runs:
-            out = Path(f"/tmp/airm_bench_{mode}_{size[0]}x{size[1]}.npy")
+    results: list[dict] = []
+    print(f"{'size':>12}{'MP':>6}  {'method':<12}{'seconds':>9}{'peak RSS MB':>13}{'GPU MB':>9}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            modes = [("airm", {})] + ([("exhaustive", EXHAUSTIVE)] if args.compare else [])
+            for mode, options in modes:
+                save = str(Path(tmp) / f"{mode}_{size[0]}x{size[1]}.npy")
+                r = run_in_process(
+                    measure_airm, {"size": list(size), "options": options, "save": save, **common}
+                )
+                results.append({"size": list(size), "method": mode, **r})
+                print(_row(mode, size, r), flush=True)
+            if args.compare:
+                results.append(_agreement(tmp, size))
+        if args.cascadepsp_size != "none":
+            size = tuple(int(v) for v in args.cascadepsp_size.split("x"))
             r = run_in_process(
-                measure, {"size": list(size), "options": options, "save": str(out), **common}
+                measure_cascadepsp,
+                {"size": list(size), "cascadepsp_folder": args.cascadepsp_folder, **common},
             )
-            r["mode"] = mode
-            saved[mode] = out
-            results.append(r)
-            gpu = f"{r['gpu_peak_mb']:9.0f}" if r["gpu_peak_mb"] is not None else f"{'-':>9}"
-            print(
-                f"{size[0]:>5}x{size[1]:<6}{mode:>12}{r['seconds']:10.2f}{r['peak_rss_mb']:13.0f}{gpu}"
-            )
-        if args.compare:
-            import numpy as np
-
-            a, b = np.load(saved["shortcuts"]), np.load(saved["full"])
-            iou = (a & b).sum() / max(1, (a | b).sum())
-            print(
-                f"{'':>12}{'agreement':>12}  IoU {100 * iou:.3f}, pixels differing "
-                f"{100 * (a != b).mean():.4f}%"
-            )
-            results.append(
-                {
-                    "size": list(size),
-                    "mode": "agreement",
-                    "iou": float(iou),
-                    "differing": float((a != b).mean()),
-                }
-            )
+            if "skipped" in r:
+                print(f"cascadepsp skipped: {r['skipped']}")
+            else:
+                results.append({"size": list(size), "method": "cascadepsp", **r})
+                print(_row("cascadepsp", size, r) + f"   ({r['weights']})", flush=True)
+    _print_ratios(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _agreement(folder: str, size: tuple[int, int]) -> dict:
+    import numpy as np
+
+    a = np.load(Path(folder) / f"airm_{size[0]}x{size[1]}.npy")
+    b = np.load(Path(folder) / f"exhaustive_{size[0]}x{size[1]}.npy")
+    iou = float((a & b).sum() / max(1, (a | b).sum()))
+    differing = float((a != b).mean())
+    print(f"{'':>20}agreement: IoU {100 * iou:.3f}, pixels differing {100 * differing:.4f}%")
+    return {"size": list(size), "method": "agreement", "iou": iou, "differing": differing}
+
+
+def _print_ratios(results: list[dict]) -> None:
+    """The ratios the targets are stated in: vs CascadePSP at its size, and 8 MP / 2 MP."""
+    airm = {tuple(r["size"]): r for r in results if r["method"] == "airm"}
+    for r in results:
+        if r["method"] == "cascadepsp" and tuple(r["size"]) in airm:
+            mine = airm[tuple(r["size"])]
+            print(
+                f"at {r['size'][0]}x{r['size'][1]}: airm is {r['seconds'] / mine['seconds']:.1f}x "
+                f"faster than CascadePSP and uses {r['peak_rss_mb'] / mine['peak_rss_mb']:.1f}x "
+                "less peak memory"
+            )
+    by_mp = sorted(airm.items(), key=lambda kv: kv[0][0] * kv[0][1])
+    for (small, rs), (big, rb) in zip(by_mp, by_mp[1:], strict=False):
+        pixels = (big[0] * big[1]) / (small[0] * small[1])
+        print(
+            f"{big[0]}x{big[1]} vs {small[0]}x{small[1]}: {pixels:.1f}x the pixels, "
+            f"{rb['seconds'] / rs['seconds']:.2f}x the time"
+        )
 
 
 if __name__ == "__main__":

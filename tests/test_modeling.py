@@ -3,6 +3,7 @@ import torch
 
 from airm import VARIANTS
 from airm.modeling import implicit_decoder
+from airm.modeling.fusion import inference_copy
 from airm.modeling.implicit_function import ImplicitFunction
 
 from conftest import TINY, tiny_model
@@ -111,3 +112,18 @@ def test_mit_last_stage_at_stride16():
     out = model.encoder(torch.rand(1, 4, 64, 64))
     assert [s.shape[-1] for s in out.stages] == [16, 8, 4, 4]
     assert TINY["feature_dim"] == model.pixel_features.fuse[0].out_channels
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_inference_copy_keeps_the_function(variant):
+    model = tiny_model(variant)
+    for module in model.modules():  # non-trivial statistics, so that folding has work to do
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    fast = inference_copy(model, torch.device("cpu"))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    image, mask = torch.rand(1, 3, 64, 96), (torch.rand(1, 1, 64, 96) > 0.5).float()
+    with torch.no_grad():
+        expected, got = model(image, mask).logits, fast(image, mask).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
