@@ -53,6 +53,11 @@ class InferenceOptions:
     # Pixels of image context around each tile.
     tile_context: int = 64
 
+    @classmethod
+    def exhaustive(cls, **fields) -> InferenceOptions:
+        """No shortcuts: every pixel queried, every scale encoded whole (for comparisons)."""
+        return cls(**{"band": None, "first_band": None, "tile_size": None, **fields})
+
     def __post_init__(self) -> None:
         if not self.scales or any(not 0 < s <= 1 for s in self.scales):
             raise ValueError(f"scales must be in (0, 1], got {self.scales}")

@@ -27,7 +27,6 @@ if __package__ in (None, ""):
 from eval.child import run_in_process  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples"
-EXHAUSTIVE = {"band": None, "first_band": None, "tile_size": None}
 
 
 def _load(image_path: str, coarse_path: str, size: tuple[int, int]):
@@ -72,9 +71,8 @@ def measure_airm(args: dict) -> dict:
     from airm.api import get_refiner
     from airm.inference import InferenceOptions
 
-    refiner = get_refiner(args["checkpoint"], args["device"]).with_options(
-        InferenceOptions(**args["options"]), max_pixels=None
-    )
+    options = InferenceOptions.exhaustive() if args["exhaustive"] else InferenceOptions()
+    refiner = get_refiner(args["checkpoint"], args["device"]).with_options(options, max_pixels=None)
     refiner.refine(*_load(args["image"], args["coarse"], (480, 720)))  # warm-up
     image, coarse = _load(args["image"], args["coarse"], tuple(args["size"]))
     mask, seconds = _timed(refiner.refine, image, coarse, refiner.device.type)
@@ -162,12 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'size':>12}{'MP':>6}  {'method':<12}{'seconds':>9}{'peak RSS MB':>13}{'GPU MB':>9}")
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
-            modes = [("airm", {})] + ([("exhaustive", EXHAUSTIVE)] if args.compare else [])
-            for mode, options in modes:
+            modes = ["airm", "exhaustive"] if args.compare else ["airm"]
+            for mode in modes:
                 save = str(Path(tmp) / f"{mode}_{size[0]}x{size[1]}.npy")
-                r = run_in_process(
-                    measure_airm, {"size": list(size), "options": options, "save": save, **common}
-                )
+                job = {"size": list(size), "exhaustive": mode == "exhaustive", "save": save}
+                r = run_in_process(measure_airm, {**job, **common})
                 results.append({"size": list(size), "method": mode, **r})
                 print(_row(mode, size, r), flush=True)
             if args.compare:

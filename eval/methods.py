@@ -5,7 +5,8 @@ HxW uint8 mask (0..255; the protocol thresholds it at > 127). A method that cann
 raises `MethodUnavailable` with a one-line reason, and the evaluation skips it.
 
 - `coarse`: the coarse input itself.
-- `airm`: the shipped model, or the checkpoint given as `airm=PATH`.
+- `airm`: the shipped model, or the checkpoint given as `airm=PATH`; `airm_exhaustive`: the same
+  model without the inference shortcuts (every pixel queried, every scale encoded whole).
 - `sirmf`, `crm`: the paper's ablation (shared implicit function) and the CRM-style baseline
   (shared function, no affinity learning), trained with the same data and budget as the
   shipped model; their weights are in `eval/weights/`. Any other `NAME=PATH` is an airm
@@ -40,7 +41,8 @@ class MethodUnavailable(Exception):
 
 
 def known_methods(checkpoints: dict[str, Path]) -> list[str]:
-    return ["coarse", "airm", *BASELINES, *CLASSICAL, *(n for n in checkpoints if n != "airm")]
+    named = [n for n in checkpoints if n != "airm"]
+    return ["coarse", "airm", "airm_exhaustive", *BASELINES, *CLASSICAL, *named]
 
 
 def build_method(
@@ -54,6 +56,8 @@ def build_method(
     checkpoints = checkpoints or {}
     if name == "coarse":
         return _coarse
+    if name == "airm_exhaustive":
+        return _airm(checkpoints.get("airm"), device, exhaustive=True)
     if name in checkpoints or name == "airm" or name in BASELINES:
         return _airm(checkpoints.get(name) or BASELINES.get(name), device)
     if name == "cascadepsp":
@@ -69,14 +73,16 @@ def _coarse(image: np.ndarray, coarse: np.ndarray) -> np.ndarray:
     return coarse.astype(np.uint8) * 255
 
 
-def _airm(checkpoint: Path | None, device: str | None) -> RefineFn:
+def _airm(checkpoint: Path | None, device: str | None, *, exhaustive: bool = False) -> RefineFn:
     from airm.api import default_checkpoint
+    from airm.inference import InferenceOptions
     from airm.refiner import Refiner
 
     path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
     if not path.is_file():
         raise MethodUnavailable(f"checkpoint not found: {path}")
-    refiner = Refiner.from_checkpoint(path, device=device, max_pixels=None)
+    options = InferenceOptions.exhaustive() if exhaustive else InferenceOptions()
+    refiner = Refiner.from_checkpoint(path, device=device, options=options, max_pixels=None)
     return refiner.refine
 
 

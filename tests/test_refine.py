@@ -134,3 +134,16 @@ def test_tiles_with_little_context_change_only_the_band():
     band = boundary_band(prob, 4, (0.02, 0.98))
     assert torch.equal(tiled[~band], prob[~band])
     assert torch.isfinite(tiled).all()
+
+
+def test_shortcuts_agree_with_the_exhaustive_path_with_the_shipped_model():
+    """Band-limited, tiled refinement (two 512 px tiles here) against every pixel queried and
+    every scale encoded whole: the same mask up to a few boundary pixels."""
+    image, coarse = disc_pair(400, 700, seed=1)
+    refiner = airm.get_refiner()
+    fast = refiner.refine(image, coarse) > 127
+    slow = refiner.with_options(InferenceOptions.exhaustive()).refine(image, coarse) > 127
+    assert (fast & slow).sum() / (fast | slow).sum() > 0.995
+    truth = image[..., 0] > 120
+    coarse_iou = ((coarse > 127) & truth).sum() / ((coarse > 127) | truth).sum()
+    assert (fast & truth).sum() / (fast | truth).sum() > coarse_iou + 0.1
