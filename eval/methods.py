@@ -5,8 +5,9 @@ HxW uint8 mask (0..255; the protocol thresholds it at > 127). A method that cann
 raises `MethodUnavailable` with a one-line reason, and the evaluation skips it.
 
 - `coarse`: the coarse input itself.
-- `airm`: the shipped model, or the checkpoint given as `airm=PATH`; `airm_exhaustive`: the same
-  model without the inference shortcuts (every pixel queried, every scale encoded whole).
+- `airm`: the shipped model, or the checkpoint given as `airm=PATH`; `airm_untiled`: the same
+  with every scale encoded whole (the band still limits the queries); `airm_exhaustive`: the
+  same without either shortcut (every pixel queried, every scale encoded whole).
 - `sirmf`, `crm`: the paper's ablation (shared implicit function) and the CRM-style baseline
   (shared function, no affinity learning), trained with the same data and budget as the
   shipped model; their weights are in `eval/weights/`. Any other `NAME=PATH` is an airm
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from airm.inference import InferenceOptions
+
 RefineFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -33,6 +36,12 @@ BASELINES = {
     "crm": WEIGHTS / "crm_efficientnet_lite0.safetensors",
 }
 CLASSICAL = ("cascadepsp", "guided_filter", "dense_crf")
+# The shipped model (or airm=PATH) under each inference mode.
+AIRM_OPTIONS: dict[str, Callable[[], InferenceOptions]] = {
+    "airm": InferenceOptions,
+    "airm_untiled": lambda: InferenceOptions(tile_size=None),
+    "airm_exhaustive": InferenceOptions.exhaustive,
+}
 CASCADEPSP_FOLDER = Path("~/.segmentation-refinement").expanduser()
 
 
@@ -42,7 +51,7 @@ class MethodUnavailable(Exception):
 
 def known_methods(checkpoints: dict[str, Path]) -> list[str]:
     named = [n for n in checkpoints if n != "airm"]
-    return ["coarse", "airm", "airm_exhaustive", *BASELINES, *CLASSICAL, *named]
+    return ["coarse", *AIRM_OPTIONS, *BASELINES, *CLASSICAL, *named]
 
 
 def build_method(
@@ -56,10 +65,10 @@ def build_method(
     checkpoints = checkpoints or {}
     if name == "coarse":
         return _coarse
-    if name == "airm_exhaustive":
-        return _airm(checkpoints.get("airm"), device, exhaustive=True)
-    if name in checkpoints or name == "airm" or name in BASELINES:
-        return _airm(checkpoints.get(name) or BASELINES.get(name), device)
+    if name in AIRM_OPTIONS:
+        return _airm(checkpoints.get("airm"), device, AIRM_OPTIONS[name]())
+    if name in checkpoints or name in BASELINES:
+        return _airm(checkpoints.get(name) or BASELINES[name], device, InferenceOptions())
     if name == "cascadepsp":
         return _cascadepsp(cascadepsp_folder or CASCADEPSP_FOLDER, device)
     if name == "guided_filter":
@@ -73,15 +82,13 @@ def _coarse(image: np.ndarray, coarse: np.ndarray) -> np.ndarray:
     return coarse.astype(np.uint8) * 255
 
 
-def _airm(checkpoint: Path | None, device: str | None, *, exhaustive: bool = False) -> RefineFn:
+def _airm(checkpoint: Path | None, device: str | None, options: InferenceOptions) -> RefineFn:
     from airm.api import default_checkpoint
-    from airm.inference import InferenceOptions
     from airm.refiner import Refiner
 
     path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
     if not path.is_file():
         raise MethodUnavailable(f"checkpoint not found: {path}")
-    options = InferenceOptions.exhaustive() if exhaustive else InferenceOptions()
     refiner = Refiner.from_checkpoint(path, device=device, options=options, max_pixels=None)
     return refiner.refine
 
