@@ -25,6 +25,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.child import run_in_process  # noqa: E402
+from eval.methods import CASCADEPSP_FOLDER  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples"
 
@@ -82,32 +83,36 @@ def measure_airm(args: dict) -> dict:
 
 def measure_cascadepsp(args: dict) -> dict:
     """Refine the scene at args["size"] with CascadePSP's package (in its own process)."""
-    try:
-        import segmentation_refinement
-        import torch
-        from segmentation_refinement.models.psp.pspnet import RefinementModule
-    except ImportError:
-        return {"skipped": "segmentation-refinement is not installed (pip install -e '.[eval]')"}
-    device = args["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    import torch
+
+    from eval.methods import MethodUnavailable, build_method
+
     folder = Path(args["cascadepsp_folder"]).expanduser()
     weights = "its published weights"
     with tempfile.TemporaryDirectory() as tmp:
         if not (folder / "model").is_file():
             weights = "random weights (its own are downloaded at run time; timing only)"
-            torch.manual_seed(0)
-            state = {f"module.{k}": v for k, v in RefinementModule().state_dict().items()}
             folder = Path(tmp)
-            torch.save(state, folder / "model")
-        refiner = segmentation_refinement.Refiner(
-            device=device, model_folder=str(folder), download_and_check_model=False
-        )
+            _write_random_cascadepsp_weights(folder / "model")
+        try:
+            refine = build_method("cascadepsp", device=args["device"], cascadepsp_folder=folder)
+        except MethodUnavailable as e:
+            return {"skipped": str(e)}
+    device = torch.device(args["device"] or "cpu")
     image, coarse = _load(args["image"], args["coarse"], tuple(args["size"]))
+    _, seconds = _timed(refine, image, coarse, device.type)
+    return {"seconds": seconds, "weights": weights, **_peaks(device.type)}
 
-    def refine(image, coarse):
-        return refiner.refine(image, coarse.astype("uint8") * 255, fast=False, L=900)
 
-    _, seconds = _timed(refine, image, coarse, torch.device(device).type)
-    return {"seconds": seconds, "weights": weights, **_peaks(torch.device(device).type)}
+def _write_random_cascadepsp_weights(path: Path) -> None:
+    """A randomly initialised CascadePSP network, saved as its package expects its weights."""
+    try:
+        import torch
+        from segmentation_refinement.models.psp.pspnet import RefinementModule
+    except ImportError:
+        return  # build_method then says the package is missing
+    torch.manual_seed(0)
+    torch.save({f"module.{k}": v for k, v in RefinementModule().state_dict().items()}, path)
 
 
 def _row(label: str, size: tuple[int, int], r: dict) -> str:
@@ -141,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--cascadepsp-folder",
-        default="~/.segmentation-refinement",
-        help="folder holding CascadePSP's `model` weights, if you have them",
+        default=str(CASCADEPSP_FOLDER),
+        help=f"folder holding CascadePSP's `model` weights, if you have them ({CASCADEPSP_FOLDER})",
     )
     p.add_argument(
         "--compare", action="store_true", help="also refine without shortcuts; print agreement"
