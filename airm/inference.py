@@ -102,9 +102,8 @@ def boundary_band(prob: torch.Tensor, band: int, uncertain: tuple[float, float])
     does; both give the same band.
     """
     binary = prob > 0.5
-    near = _near_boundary_cv2(binary, band) if prob.device.type == "cpu" else None
-    if near is None:
-        near = _near_boundary_torch(binary, band)
+    near_boundary = _near_boundary_cv2 if prob.device.type == "cpu" else _near_boundary_torch
+    near = near_boundary(binary, band)
     lo, hi = uncertain
     return near | ((prob > lo) & (prob < hi))
 
