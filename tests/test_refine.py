@@ -147,3 +147,15 @@ def test_shortcuts_agree_with_the_exhaustive_path_with_the_shipped_model():
     truth = image[..., 0] > 120
     coarse_iou = ((coarse > 127) & truth).sum() / ((coarse > 127) | truth).sum()
     assert (fast & truth).sum() / (fast | truth).sum() > coarse_iou + 0.1
+
+
+@pytest.mark.parametrize("band", [1, 4, 12])
+def test_opencv_and_pooling_bands_are_the_same(band):
+    from airm.inference import _near_boundary_cv2, _near_boundary_torch
+
+    prob = torch.zeros(2, 1, 60, 80)
+    prob[0, 0, 10:40, 20:70] = 1.0
+    prob[1, 0, :, :30] = 0.7  # touches the image border: the border is not a boundary
+    binary = prob > 0.5
+    assert torch.equal(_near_boundary_cv2(binary, band), _near_boundary_torch(binary, band))
+    assert not _near_boundary_cv2(binary, band)[1, 0, :, 0].any()
