@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--query-size", type=int, default=None, help="side of the queried window of each crop"
     )
+    p.add_argument(
+        "--far-fraction", type=float, default=None, help="fraction of crops far from boundaries"
+    )
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers per process")
     p.add_argument("--seed", type=int, default=None, help="seed of data order and augmentation")
     p.add_argument("--log-interval", type=int, default=None, help="steps between log lines")
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         "lr": args.lr,
         "crop_size": args.crop_size,
         "query_size": args.query_size,
+        "far_fraction": args.far_fraction,
         "workers": args.workers,
         "seed": args.seed,
         "log_interval": args.log_interval,

@@ -83,11 +83,34 @@ def make_coarse(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return lowres_mask(gt, rng)
 
 
-def _boundary_point(gt: np.ndarray, rng: np.random.Generator) -> tuple[int, int] | None:
-    edges = cv2.morphologyEx(gt.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+def _boundaries(masks: list[np.ndarray]) -> np.ndarray:
+    """uint8 HxW: 1 on the 3x3 morphological gradient of any of the bool masks."""
+    kernel = np.ones((3, 3), np.uint8)
+    edges = [cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_GRADIENT, kernel) for m in masks]
+    return np.maximum.reduce(edges)
+
+
+def _boundary_point(edges: np.ndarray, rng: np.random.Generator) -> tuple[int, int] | None:
     ys, xs = np.nonzero(edges)
     if len(ys) == 0:
         return None
+    k = rng.integers(len(ys))
+    return int(ys[k]), int(xs[k])
+
+
+def _far_window(edges: np.ndarray, size: int, rng: np.random.Generator) -> tuple[int, int]:
+    """(top, left) of a random size x size window of `edges` that holds no boundary pixel, or
+    of the window whose centre is farthest from one when none is free."""
+    h, w = edges.shape
+    # Chessboard distance: the square window centred at a pixel is free of boundary pixels
+    # exactly when the distance exceeds half its side.
+    distance = cv2.distanceTransform((edges == 0).astype(np.uint8), cv2.DIST_C, 3)
+    half = size // 2
+    centres = distance[half : h - size + half + 1, half : w - size + half + 1]
+    ys, xs = np.nonzero(centres > half)
+    if len(ys) == 0:
+        y, x = np.unravel_index(int(np.argmax(centres)), centres.shape)
+        return int(y), int(x)
     k = rng.integers(len(ys))
     return int(ys[k]), int(xs[k])
 
@@ -98,13 +121,28 @@ class RefinementDataset(Dataset):
     Each item: image (3, S, S) float in [0, 1], coarse (1, S, S) float in [0, 1], truth (1, S,
     S) float {0, 1}. The coarse mask is made at the image level, as real segmenters' masks
     are; the image is then rescaled by a random factor (so both whole-object views, as the
-    coarse scales of inference see, and full-resolution detail are trained), cropped around a
-    boundary point most of the time, padded when smaller, flipped and colour-jittered.
+    coarse scales of inference see, and full-resolution detail are trained), cropped, padded
+    when smaller, flipped and colour-jittered.
+
+    Where crops go: a `far_fraction` of them is centred far from every boundary (of the truth
+    and of the coarse mask), so the network learns to keep what the coarse mask gets right away
+    from the object's outline (inference that queries every pixel asks it there); of the rest,
+    most are centred near a boundary point, where the refining is, and some fall anywhere.
     """
 
-    def __init__(self, pairs: list[Pair], *, crop_size: int = 224, seed: int = 0) -> None:
+    def __init__(
+        self,
+        pairs: list[Pair],
+        *,
+        crop_size: int = 224,
+        far_fraction: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 <= far_fraction <= 1.0:
+            raise ValueError(f"far_fraction must be in [0, 1], got {far_fraction}")
         self.pairs = pairs
         self.crop_size = crop_size
+        self.far_fraction = far_fraction
         self.seed = seed
         self.epoch = 0
 
@@ -158,15 +196,18 @@ class RefinementDataset(Dataset):
             gt = np.pad(gt, pad, mode="reflect" if min(h, w) > 1 else "edge")
             coarse = np.pad(coarse, pad, mode="reflect" if min(h, w) > 1 else "edge")
             h, w = gt.shape
-        centre = _boundary_point(gt | coarse if rng.random() < 0.3 else gt, rng)
-        if centre is not None and rng.random() < 0.8:
-            cy = centre[0] + int(rng.integers(-s // 4, s // 4 + 1))
-            cx = centre[1] + int(rng.integers(-s // 4, s // 4 + 1))
+        edges = _boundaries([gt, coarse])
+        if rng.random() < self.far_fraction:
+            y0, x0 = _far_window(edges, s, rng)
+        else:
+            near = _boundary_point(edges if rng.random() < 0.3 else _boundaries([gt]), rng)
+            if near is not None and rng.random() < 0.8:
+                cy = near[0] + int(rng.integers(-s // 4, s // 4 + 1))
+                cx = near[1] + int(rng.integers(-s // 4, s // 4 + 1))
+            else:
+                cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
             y0 = int(np.clip(cy - s // 2, 0, h - s))
             x0 = int(np.clip(cx - s // 2, 0, w - s))
-        else:
-            y0 = int(rng.integers(0, h - s + 1))
-            x0 = int(rng.integers(0, w - s + 1))
         window = (slice(y0, y0 + s), slice(x0, x0 + s))
         return image[window], gt[window], coarse[window]
 

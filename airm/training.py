@@ -56,6 +56,9 @@ class TrainConfig:
     # Side of the window of each crop whose pixels are queried and scored (random position;
     # crops are centred near a boundary). Smaller windows make steps cheaper.
     query_size: int = 112
+    # Fraction of crops centred far from every boundary, where refinement must keep the coarse
+    # mask (without them the model invents foreground there when queried).
+    far_fraction: float = 0.2
     workers: int = 2
     seed: int = 0
     log_interval: int = 20
@@ -221,7 +224,12 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
 
     pairs = [p for root in config.data for p in find_pairs(root)]
     dataset = EpochIndexedDataset(
-        RefinementDataset(pairs, crop_size=config.crop_size, seed=config.seed)
+        RefinementDataset(
+            pairs,
+            crop_size=config.crop_size,
+            far_fraction=config.far_fraction,
+            seed=config.seed,
+        )
     )
     sampler = StepSampler(
         len(pairs),

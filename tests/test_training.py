@@ -55,6 +55,36 @@ def test_dataset_items(big_folder):
     assert 0 <= image.min() and image.max() <= 1 and set(gt.unique().tolist()) <= {0.0, 1.0}
 
 
+def _has_boundary(mask: torch.Tensor) -> bool:
+    return bool(mask.min() != mask.max())
+
+
+def test_far_crops_hold_no_boundary_and_near_crops_do(tmp_path):
+    # A strip as tall as the crop (so no rescaling) with a disc at one end: a crop can lie far
+    # from its outline or on it.
+    yy, xx = np.mgrid[:64, :600]
+    truth = (yy - 32) ** 2 + (xx - 520) ** 2 < 24**2
+    image = np.where(truth[..., None], 230, 30).astype(np.uint8).repeat(3, axis=2)
+    Image.fromarray(image).save(tmp_path / "a_im.png")
+    Image.fromarray(truth.astype(np.uint8) * 255).save(tmp_path / "a_gt.png")
+    pairs = find_pairs(tmp_path)
+
+    def crops(far_fraction: float) -> list[torch.Tensor]:
+        dataset = RefinementDataset(pairs, crop_size=64, far_fraction=far_fraction)
+        items = []
+        for epoch in range(12):
+            dataset.set_epoch(epoch)
+            items.append(dataset[0])
+        return items
+
+    far = crops(1.0)
+    assert not any(_has_boundary(gt) or _has_boundary(coarse > 0.5) for _, coarse, gt in far)
+    near = crops(0.0)
+    assert sum(_has_boundary(gt) for _, _, gt in near) >= 6
+    with pytest.raises(ValueError, match="far_fraction"):
+        RefinementDataset(pairs, far_fraction=1.5)
+
+
 def test_perturbation_reaches_its_target():
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:200, :200]
