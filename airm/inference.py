@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from airm.modeling.airm import AIRM
-from airm.modeling.implicit_decoder import pixel_centres
+
+
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,18 @@ class InferenceOptions:
     first_band: int | None = 8
     # Probabilities strictly between these are "uncertain" and always queried.
     uncertain: tuple[float, float] = (0.02, 0.98)
-    # Queries evaluated at once per image (bounds the decoder's memory).
-    chunk_size: int = 65536
+    # Queries evaluated at once (bounds the decoder's memory); None: 65,536 on a CPU, 2**20
+    # on a GPU, where fewer, larger launches pay.
+    chunk_size: int | None = None
     # Encode scales larger than this (either side) tile by tile; None encodes them whole.
     tile_size: int | None = 512
     # Pixels of image context around each tile.
     tile_context: int = 64
+    # Tiles encoded at once, as one batch.
+    tile_batch: int = 4
+    # Arithmetic of the network: "float32", "bfloat16", "float16", or "auto" (bfloat16 on CUDA
+    # GPUs, float32 elsewhere). Probabilities are kept in float32 between scales either way.
+    precision: str = "auto"
 
     @classmethod
     def exhaustive(cls, **fields) -> InferenceOptions:
@@ -69,6 +77,12 @@ class InferenceOptions:
                 raise ValueError(f"{name} must be >= 1 pixel or None, got {value}")
         if self.tile_size is not None and self.tile_size < 32:
             raise ValueError(f"tile_size must be >= 32 pixels or None, got {self.tile_size}")
+        if self.tile_batch < 1:
+            raise ValueError(f"tile_batch must be >= 1, got {self.tile_batch}")
+        if self.precision != "auto" and self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be 'auto' or one of {sorted(PRECISIONS)}, got {self.precision!r}"
+            )
 
 
 def scale_sizes(height: int, width: int, options: InferenceOptions) -> list[tuple[int, int]]:
@@ -124,19 +138,50 @@ def _near_boundary_cv2(binary: torch.Tensor, band: int) -> torch.Tensor:
     return out
 
 
-def _query_window(
-    model: AIRM,
-    image: torch.Tensor,
-    prob: torch.Tensor,
-    selected: torch.Tensor,
-    chunk_size: int | None,
-) -> torch.Tensor:
-    """Probabilities at the selected pixels (flat indices) of one encoded window."""
-    size = tuple(image.shape[-2:])
-    encoded = model.encode(as_float(image), prob)
-    coords = pixel_centres(*size, device=image.device)[selected]
-    logits = model.query(encoded, coords.unsqueeze(0), out_size=size, chunk_size=chunk_size)
-    return torch.sigmoid(logits[0].float())
+@dataclass(frozen=True)
+class TileGrid:
+    """Tiles covering an h x w scale, and the window of image each one is encoded in.
+
+    Every window has the same size (a tile plus `context` pixels on each side, slid inwards at
+    the image's border so that it stays inside), so windows encode as one batch and the CPU's
+    convolution kernels, prepared per input shape, are prepared once. Along an axis no longer
+    than tile + 2 context there is one tile, as long as the axis, in a window as long.
+    """
+
+    height: int
+    width: int
+    tile: tuple[int, int]  # (th, tw)
+    window: tuple[int, int]  # (wh, ww)
+    context: int
+
+    @classmethod
+    def plan(cls, height: int, width: int, tile_size: int | None, context: int) -> TileGrid:
+        def axis(n: int) -> tuple[int, int]:
+            if tile_size is None or n <= tile_size + 2 * context:
+                return n, n
+            return tile_size, tile_size + 2 * context
+
+        (th, wh), (tw, ww) = axis(height), axis(width)
+        return cls(height, width, (th, tw), (wh, ww), context)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols) of tiles."""
+        return -(-self.height // self.tile[0]), -(-self.width // self.tile[1])
+
+    def window_origin(self, index: int) -> tuple[int, int]:
+        """(top, left) of tile `index`'s window (tiles numbered row-major)."""
+        row, col = divmod(index, self.shape[1])
+        top = min(max(0, row * self.tile[0] - self.context), self.height - self.window[0])
+        left = min(max(0, col * self.tile[1] - self.context), self.width - self.window[1])
+        return top, left
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype of `precision` ("auto": bfloat16 on CUDA) on `device`; None: float32."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return PRECISIONS[precision]
 
 
 @torch.no_grad()
@@ -150,41 +195,97 @@ def refine_at_scale(
     chunk_size: int | None = None,
     tile_size: int | None = None,
     tile_context: int = 128,
+    tile_batch: int = 1,
+    precision: str = "float32",
 ) -> torch.Tensor:
     """One step of the loop at the inputs' own size.
 
     image: (1, 3, h, w) uint8 RGB or float RGB in [0, 1]; prob: (1, 1, h, w) current mask.
     band: query only the boundary band of `prob` (see `boundary_band`), or every pixel (None).
-    tile_size, tile_context: encode in tiles when the input is larger than tile_size; an input
-    that fits (or tile_size=None) is one tile covering everything.
+    tile_size, tile_context: encode in tiles (see `TileGrid`) when the input is larger than
+    tile_size; an input that fits (or tile_size=None) is one tile covering everything.
+    tile_batch: windows encoded and queried at once. Tiles go together in order of their
+    query counts, so padding each window's queries to its batch's largest count wastes little.
+    chunk_size: queries evaluated at once, over the whole batch of windows.
+    precision: "float32", "bfloat16", "float16", or "auto" (bfloat16 on CUDA, else float32).
     Returns the new (1, 1, h, w) probabilities; unqueried pixels keep `prob`.
+
+    The host waits for the device twice a call (for the number of queried pixels and for
+    their count per tile); gathering the queried pixels, batching the windows and scattering
+    the results all stay on the device.
     """
     h, w = image.shape[-2:]
     if band is None:
         wanted = torch.ones(h, w, dtype=torch.bool, device=image.device)
     else:
         wanted = boundary_band(prob, band, uncertain)[0, 0]
-    tile_h = h if tile_size is None else min(h, tile_size)
-    tile_w = w if tile_size is None else min(w, tile_size)
+    grid = TileGrid.plan(h, w, tile_size, tile_context)
+    ys, xs = wanted.nonzero(as_tuple=True)
     out = prob.clone()
-    for top in range(0, h, tile_h):
-        for left in range(0, w, tile_w):
-            bottom, right = min(top + tile_h, h), min(left + tile_w, w)
-            ys, xs = wanted[top:bottom, left:right].nonzero(as_tuple=True)
-            if ys.numel() == 0:
-                continue
-            y0, x0 = max(0, top - tile_context), max(0, left - tile_context)
-            y1, x1 = min(h, bottom + tile_context), min(w, right + tile_context)
-            ys, xs = ys + (top - y0), xs + (left - x0)  # into the window's grid
-            refined = _query_window(
-                model,
-                image[..., y0:y1, x0:x1],
-                prob[..., y0:y1, x0:x1],
-                ys * (x1 - x0) + xs,
-                chunk_size,
-            )
-            out[0, 0, ys + y0, xs + x0] = refined
+    if ys.numel() == 0:
+        return out
+    tile = (ys // grid.tile[0]) * grid.shape[1] + xs // grid.tile[1]
+    if grid.shape != (1, 1):  # group the queried pixels by tile
+        order = torch.argsort(tile, stable=True)
+        ys, xs, tile = ys[order], xs[order], tile[order]
+    counts = torch.bincount(tile, minlength=grid.shape[0] * grid.shape[1]).tolist()
+    starts = np.cumsum([0, *counts[:-1]]).tolist()
+    busy = sorted((i for i, n in enumerate(counts) if n), key=lambda i: -counts[i])
+    autocast = autocast_dtype(image.device, precision)
+    flat = out.view(-1)
+    for first in range(0, len(busy), tile_batch):
+        tiles = busy[first : first + tile_batch]
+        # (B, Q) indices into the tile-sorted pixels: row b holds tile b's, then repeats its
+        # last one up to the batch's largest count, so duplicate writes carry equal values.
+        n = torch.tensor([counts[i] for i in tiles], device=ys.device)
+        start = torch.tensor([starts[i] for i in tiles], device=ys.device)
+        steps = torch.arange(counts[tiles[0]], device=ys.device)
+        index = start[:, None] + torch.minimum(steps[None], n[:, None] - 1)
+        rows, cols = ys[index], xs[index]
+        origins = [grid.window_origin(i) for i in tiles]
+        flat[rows * w + cols] = _window_probabilities(
+            model,
+            image,
+            prob,
+            origins,
+            grid.window,
+            rows,
+            cols,
+            chunk_size=None if chunk_size is None else max(1, chunk_size // len(tiles)),
+            autocast=autocast,
+        )
     return out
+
+
+def _window_probabilities(
+    model: AIRM,
+    image: torch.Tensor,
+    prob: torch.Tensor,
+    origins: list[tuple[int, int]],
+    window: tuple[int, int],
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    *,
+    chunk_size: int | None,
+    autocast: torch.dtype | None,
+) -> torch.Tensor:
+    """Encode the windows at `origins` as one batch; probabilities (B, Q) at image pixels
+    (rows, cols) (B, Q), each inside its window."""
+    wh, ww = window
+    crops = [(slice(y, y + wh), slice(x, x + ww)) for y, x in origins]
+    images = torch.stack([image[0, :, ys, xs] for ys, xs in crops])
+    masks = torch.stack([prob[0, :, ys, xs] for ys, xs in crops])
+    origin = torch.tensor(origins, device=rows.device, dtype=torch.float32)  # (B, 2)
+    # Pixel centres over the window, as `pixel_centres` places them.
+    ys = ((rows - origin[:, :1]) + 0.5) * (2.0 / wh) - 1.0
+    xs = ((cols - origin[:, 1:]) + 0.5) * (2.0 / ww) - 1.0
+    device = image.device.type
+    with torch.autocast(device, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        encoded = model.encode(as_float(images), masks)
+        logits = model.query(
+            encoded, torch.stack([ys, xs], dim=-1), out_size=window, chunk_size=chunk_size
+        )
+    return torch.sigmoid(logits.float())
 
 
 @torch.no_grad()
@@ -209,8 +310,10 @@ def refine_probability(
             _resize(prob, size).clamp(0, 1),
             band=options.first_band if i == 0 else options.band,
             uncertain=options.uncertain,
-            chunk_size=options.chunk_size,
+            chunk_size=options.chunk_size or (2**20 if image.is_cuda else 65536),
             tile_size=options.tile_size,
             tile_context=options.tile_context,
+            tile_batch=options.tile_batch,
+            precision=options.precision,
         )
     return prob

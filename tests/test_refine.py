@@ -159,3 +159,52 @@ def test_opencv_and_pooling_bands_are_the_same(band):
     binary = prob > 0.5
     assert torch.equal(_near_boundary_cv2(binary, band), _near_boundary_torch(binary, band))
     assert not _near_boundary_cv2(binary, band)[1, 0, :, 0].any()
+
+
+@pytest.mark.parametrize(("height", "width"), [(100, 130), (80, 81), (700, 1200)])
+def test_tile_windows_are_equal_inside_the_image_and_hold_their_tile(height, width):
+    from airm.inference import TileGrid
+
+    grid = TileGrid.plan(height, width, tile_size=48, context=16)
+    rows, cols = grid.shape
+    covered = np.zeros((height, width), int)
+    for index in range(rows * cols):
+        row, col = divmod(index, cols)
+        top, left = grid.window_origin(index)
+        bottom, right = top + grid.window[0], left + grid.window[1]
+        assert 0 <= top and 0 <= left and bottom <= height and right <= width
+        t0, l0 = row * grid.tile[0], col * grid.tile[1]
+        t1, l1 = min(t0 + grid.tile[0], height), min(l0 + grid.tile[1], width)
+        assert top <= t0 and t1 <= bottom and left <= l0 and l1 <= right
+        covered[t0:t1, l0:l1] += 1
+    assert (covered == 1).all()
+    assert grid.window == tuple(n if n <= 80 else 80 for n in (height, width))
+
+
+@pytest.mark.parametrize("band", [3, None])
+def test_batched_tiles_equal_tiles_one_by_one(band):
+    model = tiny_model("airm_efficientnet_lite0")
+    image, coarse = disc_pair(100, 130)
+    img = torch.from_numpy(image).permute(2, 0, 1)[None]
+    prob = torch.from_numpy(coarse)[None, None].float() / 255
+    tiles = {"tile_size": 48, "tile_context": 16, "chunk_size": 500}
+    single = refine_at_scale(model, img, prob, band=band, tile_batch=1, **tiles)
+    batched = refine_at_scale(model, img, prob, band=band, tile_batch=3, **tiles)
+    assert torch.allclose(single, batched, atol=1e-5)
+    if band is not None:
+        outside = ~boundary_band(prob, band, (0.02, 0.98))
+        assert torch.equal(batched[outside], prob[outside])
+    # Windows see less context than the whole image, so the result moves, a little.
+    whole = refine_at_scale(model, img, prob, band=band)
+    assert not torch.equal(whole, batched) and (whole - batched).abs().mean() < 0.05
+
+
+def test_half_precision_agrees_with_float32_with_the_shipped_model():
+    """bfloat16 is what GPUs run by default; the CPU checks the same arithmetic here."""
+    image, coarse = disc_pair(300, 420, seed=2)
+    refiner = airm.get_refiner(device="cpu")
+    full = refiner.refine(image, coarse) > 127
+    half = refiner.with_options(InferenceOptions(precision="bfloat16")).refine(image, coarse) > 127
+    assert (full == half).mean() >= 0.999
+    with pytest.raises(ValueError, match="precision"):
+        InferenceOptions(precision="float8")
