@@ -29,7 +29,6 @@ import torch.nn.functional as F
 
 from airm.modeling.airm import AIRM
 
-
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
