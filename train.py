@@ -40,7 +40,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--far-fraction", type=float, default=None, help="fraction of crops far from boundaries"
     )
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers per process")
+    p.add_argument(
+        "--workers", type=int, default=None, help="DataLoader workers per process (default: cores)"
+    )
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=["auto", "float32", "bfloat16"],
+        help="arithmetic (default auto: bfloat16 autocast on CUDA, float32 elsewhere)",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed of data order and augmentation")
     p.add_argument("--log-interval", type=int, default=None, help="steps between log lines")
     p.add_argument("--val-interval", type=int, default=None, help="steps between validations")
@@ -66,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         "query_size": args.query_size,
         "far_fraction": args.far_fraction,
         "workers": args.workers,
+        "precision": args.precision,
         "seed": args.seed,
         "log_interval": args.log_interval,
         "val_interval": args.val_interval,

@@ -1,3 +1,4 @@
+import functools
 import os
 import socket
 
@@ -128,6 +129,22 @@ def test_resume_continues_exactly(big_folder, tmp_path):
     resumed = train(tiny_config(big_folder, tmp_path / "b"), resume=True)
     a, b = load_model(straight).state_dict(), load_model(resumed).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bfloat16_training_learns_and_resumes_exactly(big_folder, tmp_path):
+    """Mixed precision (what GPUs run by default) on the CPU: finite, and a resumed run
+    ends with the same weights as a straight one, since weights and Adam stay float32."""
+    config = functools.partial(tiny_config, big_folder, precision="bfloat16", iterations=3)
+    straight = train(config(tmp_path / "a"))
+    train(config(tmp_path / "b"), stop_at=1)
+    resumed = train(config(tmp_path / "b"), resume=True)
+    a, b = load_model(straight).state_dict(), load_model(resumed).state_dict()
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in a.values())
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    start = load_model(train(config(tmp_path / "c", iterations=0))).state_dict()
+    assert any(not torch.equal(a[k], start[k]) for k in a)
+    with pytest.raises(ValueError, match="precision"):
+        train(config(tmp_path / "d", precision="float16"))
 
 
 def test_validation_is_logged(big_folder, tmp_path):
