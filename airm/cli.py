@@ -3,13 +3,16 @@
 Every failure is one line on stderr and a non-zero exit status, never a traceback; an output
 is only ever replaced by a complete file (see `airm.io.atomic_write`). Exit status: 0 when
 everything was refined, 1 when an input could not be (in folder mode the other pairs are still
-done), 2 when the command itself is wrong (flags, checkpoint).
+done), 2 when the command itself is wrong (flags, checkpoint). A single pair that was refined
+is reported in one line on stdout (`--quiet` silences it); folders get a progress bar and a
+summary on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +84,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--overwrite", action="store_true", help="in folder mode, redo outputs that exist"
+    )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print nothing when all goes well: no result line for one pair, no progress bar "
+        "for folders (warnings, errors and the folder summary still go to stderr)",
     )
     return p.parse_args(argv)
 
@@ -242,7 +251,7 @@ def run_folders(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{len(jobs) - len(todo)} outputs exist already; skipped", file=sys.stderr)
     remove_stale_temporaries([p for job in jobs for p in (job.out, job.overlay) if p is not None])
     failed = 0
-    for job in tqdm(todo, desc="refining", unit="image"):
+    for job in tqdm(todo, desc="refining", unit="image", disable=args.quiet):
         notes, error = attempt(settings, job, reuse_output=not args.overwrite and job.out.exists())
         for note in notes:
             tqdm.write(f"warning: {job.image.name}: {note}", file=sys.stderr)
@@ -272,7 +281,15 @@ def main(argv: list[str] | None = None) -> int:
         return run_folders(settings, args)
     overlay = Path(args.overlay) if args.overlay is not None else None
     job = Job(Path(args.image), Path(args.coarse), Path(args.out), overlay)
+    start = time.perf_counter()
     notes, error = attempt(settings, job)
+    seconds = time.perf_counter() - start  # reading, refining and writing; not model loading
     for line in [f"warning: {note}" for note in notes] + [f"error: {error}"] * bool(error):
         print(line, file=sys.stderr)
-    return 1 if error else 0
+    if error:
+        return 1
+    if not args.quiet:
+        with Image.open(job.out) as written:  # reads the header only
+            width, height = written.size
+        print(f"{job.out}: {width}x{height} in {seconds:.2f} s")
+    return 0
