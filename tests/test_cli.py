@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from airm.cli import main
+from airm.cli.refine import main
 
 from conftest import disc_pair, label_pair
 

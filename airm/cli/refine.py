@@ -1,4 +1,5 @@
-"""The command line of refine.py: one image/mask pair, or two folders of them.
+"""The command line of refinement (`airm refine`, `refine.py`): one image/mask pair, or two
+folders of them.
 
 Every failure is one line on stderr and a non-zero exit status, never a traceback; an output
 is only ever replaced by a complete file (see `airm.io.atomic_write`). Exit status: 0 when
@@ -43,13 +44,15 @@ from airm.refiner import Refiner
 PAIR_ERRORS = (InputError, OSError, RuntimeError, MemoryError)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="refine.py",
-        description="Refine coarse masks with AIRM. --image/--coarse/--out are three files, or "
-        "three folders (pairs matched by file stem; a BIG-layout name_im.jpg matches "
-        "name_seg.png; outputs that already exist are skipped).",
-    )
+DESCRIPTION = (
+    "Refine coarse masks with AIRM. --image/--coarse/--out are three files, or three folders "
+    "(pairs matched by file stem; a BIG-layout name_im.jpg matches name_seg.png; outputs that "
+    "already exist are skipped)."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of refinement, on `p` (refine.py's parser, or `airm refine`'s)."""
     p.add_argument("--image", required=True, help="image file, or folder of images")
     p.add_argument("--coarse", required=True, help="coarse mask file, or folder of masks")
     p.add_argument("--out", required=True, help="output PNG, or output folder")
@@ -91,7 +94,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="print nothing when all goes well: no result line for one pair, no progress bar "
         "for folders (warnings, errors and the folder summary still go to stderr)",
     )
-    return p.parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """refine.py's parser (`airm refine` adds the same flags to its own)."""
+    p = argparse.ArgumentParser(prog="refine.py", description=DESCRIPTION)
+    add_arguments(p)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 @dataclass(frozen=True)
@@ -266,8 +279,9 @@ def run_folders(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Refine what the parsed flags name; the exit status (0 done, 1 an input failed, 2 the
+    command is wrong)."""
     problem = _check_flags(args)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
@@ -293,3 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             width, height = written.size
         print(f"{job.out}: {width}x{height} in {seconds:.2f} s")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parse_args(argv))
