@@ -1,5 +1,7 @@
 """airm: refine coarse object masks into accurate full-resolution masks (AIRM, ECCV 2024)."""
 
+__version__ = "0.1.0"  # the one place of the version (pyproject.toml reads it)
+
 from airm.api import (
     DEFAULT_CHECKPOINT,
     ModelNotFoundError,

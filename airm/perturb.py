@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from eval.metrics import iou
+from airm.metrics import iou
 
 
 def simplify_contours(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:

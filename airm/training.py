@@ -35,7 +35,7 @@ from airm.io import atomic_write, read_image
 from airm.losses import LossWeights, refinement_losses
 from airm.pretrained import load_encoder_rgb_weights
 from airm.refiner import Refiner
-from eval.scoring import read_coarse, score_pairs
+from airm.scoring import read_coarse, score_pairs
 
 
 @dataclass(frozen=True)

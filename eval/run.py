@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # `python eval/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from airm.data import Pair, find_pairs  # noqa: E402
+from airm.scoring import read_coarse, score_pairs  # noqa: E402
 from eval.child import run_in_process  # noqa: E402
 from eval.methods import (  # noqa: E402
     CASCADEPSP_FOLDER,
@@ -35,7 +36,6 @@ from eval.methods import (  # noqa: E402
     build_method,
     known_methods,
 )
-from eval.scoring import read_coarse, score_pairs  # noqa: E402
 
 # Published numbers (BIG test set, PSPNet coarse masks), IoU / mBA.
 PUBLISHED = {

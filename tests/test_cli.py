@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from airm.cli import main
+from airm.cli.refine import main
 
 from conftest import disc_pair, label_pair
 
@@ -37,6 +37,46 @@ def test_single_pair(tmp_path, tiny_checkpoint):
     assert rc == 0
     mask = np.asarray(Image.open(out))
     assert mask.shape == (48, 64) and set(np.unique(mask)) <= {0, 255}
+
+
+def test_one_pair_reports_one_line_unless_quiet(tmp_path, tiny_checkpoint, capsys):
+    write_pair(tmp_path, "a")
+    out = tmp_path / "out.png"
+    args = cli_args(tmp_path / "a.jpg", tmp_path / "a.png", out, "--checkpoint", tiny_checkpoint)
+    assert main([*args, *FAST]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{out}: 64x48 in ") and lines[0].endswith(" s"), lines[0]
+    assert float(lines[0].split(" in ")[1].removesuffix(" s")) >= 0
+    out.unlink()
+    assert main([*args, *FAST, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+    assert np.asarray(Image.open(out)).shape == (48, 64)
+
+
+def test_a_failed_pair_prints_nothing_on_stdout(tmp_path, tiny_checkpoint, capsys):
+    write_pair(tmp_path, "a")
+    args = cli_args(tmp_path / "a.jpg", tmp_path / "missing.png", tmp_path / "o.png")
+    assert main([*args, "--checkpoint", str(tiny_checkpoint)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error:")
+
+
+def test_folders_keep_their_progress_bar_and_summary_quiet_drops_the_bar(
+    tmp_path, tiny_checkpoint, capsys
+):
+    images, masks, out = make_folders(tmp_path, ["a", "b"])
+    args = cli_args(images, masks, out, "--checkpoint", tiny_checkpoint, *FAST)
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no line per pair: the bar and the summary say it
+    assert "refining" in captured.err and "2/2" in captured.err
+    assert "2 refined, 0 skipped, 0 failed, 0 unmatched" in captured.err
+    assert main([*args, "--overwrite", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "refining" not in captured.err
+    assert captured.err.strip() == "2 refined, 0 skipped, 0 failed, 0 unmatched"
 
 
 def test_soft_output(tmp_path, tiny_checkpoint):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.metrics import boundary_accuracy, iou_counts
+from airm.metrics import boundary_accuracy, iou_counts
 from eval.run import main
 
 from conftest import disc_pair

@@ -2,8 +2,8 @@ import cv2
 import numpy as np
 import pytest
 
-from eval.metrics import boundary_accuracy, boundary_radii, iou, iou_counts
-from eval.scoring import ScoreAccumulator, to_truth_size
+from airm.metrics import boundary_accuracy, boundary_radii, iou, iou_counts
+from airm.scoring import ScoreAccumulator, to_truth_size
 
 
 def square(size: int, lo: int, hi: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""CascadePSP-protocol scores accumulated over a dataset (the loops around `eval.metrics`).
+"""CascadePSP-protocol scores accumulated over a dataset (the loops around `airm.metrics`).
 
 Training validation and `python -m eval` both score through `score_pairs`, so the numbers in a
 training log and in an evaluation table are the same computation.
@@ -14,7 +14,7 @@ import numpy as np
 
 from airm.data import Pair
 from airm.io import read_mask
-from eval.metrics import binarize, boundary_accuracy, iou_counts
+from airm.metrics import binarize, boundary_accuracy, iou_counts
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,19 @@
-"""The command line of refine.py: one image/mask pair, or two folders of them.
+"""The command line of refinement (`airm refine`, `refine.py`): one image/mask pair, or two
+folders of them.
 
 Every failure is one line on stderr and a non-zero exit status, never a traceback; an output
 is only ever replaced by a complete file (see `airm.io.atomic_write`). Exit status: 0 when
 everything was refined, 1 when an input could not be (in folder mode the other pairs are still
-done), 2 when the command itself is wrong (flags, checkpoint).
+done), 2 when the command itself is wrong (flags, checkpoint). A single pair that was refined
+is reported in one line on stdout (`--quiet` silences it); folders get a progress bar and a
+summary on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,13 +44,15 @@ from airm.refiner import Refiner
 PAIR_ERRORS = (InputError, OSError, RuntimeError, MemoryError)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="refine.py",
-        description="Refine coarse masks with AIRM. --image/--coarse/--out are three files, or "
-        "three folders (pairs matched by file stem; a BIG-layout name_im.jpg matches "
-        "name_seg.png; outputs that already exist are skipped).",
-    )
+DESCRIPTION = (
+    "Refine coarse masks with AIRM. --image/--coarse/--out are three files, or three folders "
+    "(pairs matched by file stem; a BIG-layout name_im.jpg matches name_seg.png; outputs that "
+    "already exist are skipped)."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of refinement, on `p` (refine.py's parser, or `airm refine`'s)."""
     p.add_argument("--image", required=True, help="image file, or folder of images")
     p.add_argument("--coarse", required=True, help="coarse mask file, or folder of masks")
     p.add_argument("--out", required=True, help="output PNG, or output folder")
@@ -82,7 +88,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--overwrite", action="store_true", help="in folder mode, redo outputs that exist"
     )
-    return p.parse_args(argv)
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print nothing when all goes well: no result line for one pair, no progress bar "
+        "for folders (warnings, errors and the folder summary still go to stderr)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """refine.py's parser (`airm refine` adds the same flags to its own)."""
+    p = argparse.ArgumentParser(prog="refine.py", description=DESCRIPTION)
+    add_arguments(p)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 @dataclass(frozen=True)
@@ -242,7 +264,7 @@ def run_folders(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{len(jobs) - len(todo)} outputs exist already; skipped", file=sys.stderr)
     remove_stale_temporaries([p for job in jobs for p in (job.out, job.overlay) if p is not None])
     failed = 0
-    for job in tqdm(todo, desc="refining", unit="image"):
+    for job in tqdm(todo, desc="refining", unit="image", disable=args.quiet):
         notes, error = attempt(settings, job, reuse_output=not args.overwrite and job.out.exists())
         for note in notes:
             tqdm.write(f"warning: {job.image.name}: {note}", file=sys.stderr)
@@ -257,8 +279,9 @@ def run_folders(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Refine what the parsed flags name; the exit status (0 done, 1 an input failed, 2 the
+    command is wrong)."""
     problem = _check_flags(args)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
@@ -272,7 +295,19 @@ def main(argv: list[str] | None = None) -> int:
         return run_folders(settings, args)
     overlay = Path(args.overlay) if args.overlay is not None else None
     job = Job(Path(args.image), Path(args.coarse), Path(args.out), overlay)
+    start = time.perf_counter()
     notes, error = attempt(settings, job)
+    seconds = time.perf_counter() - start  # reading, refining and writing; not model loading
     for line in [f"warning: {note}" for note in notes] + [f"error: {error}"] * bool(error):
         print(line, file=sys.stderr)
-    return 1 if error else 0
+    if error:
+        return 1
+    if not args.quiet:
+        with Image.open(job.out) as written:  # reads the header only
+            width, height = written.size
+        print(f"{job.out}: {width}x{height} in {seconds:.2f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parse_args(argv))

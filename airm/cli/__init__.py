@@ -1,0 +1,44 @@
+"""The `airm` command (also `python -m airm`): `airm refine ...`, `airm train ...`.
+
+Each subcommand takes the flags of its script (`refine.py`, `train.py`), parsed by the same
+code (`airm.cli.refine`, `airm.cli.train`), and exits as it does: 0 when all went well, 1 when
+an input failed, 2 when the command itself is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from airm import __version__
+from airm.cli import refine, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="airm",
+        description="Refine coarse object masks into accurate full-resolution masks (AIRM, "
+        "ECCV 2024). `airm COMMAND --help` lists a command's flags.",
+    )
+    p.add_argument("--version", action="version", version=f"airm {__version__}")
+    commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    refine_parser = commands.add_parser(
+        "refine",
+        help="refine a mask, or folders of them (what refine.py does)",
+        description=refine.DESCRIPTION,
+    )
+    refine.add_arguments(refine_parser)
+    refine_parser.set_defaults(run=refine.run)
+    train_parser = commands.add_parser(
+        "train",
+        help="train a model (what train.py does)",
+        description=train.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_arguments(train_parser)
+    train_parser.set_defaults(run=train.run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)

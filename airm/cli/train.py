@@ -1,0 +1,105 @@
+"""Train an AIRM refiner (SPEC section 3): `airm train --help` or `python train.py --help`.
+
+One process: `airm train --data DIR ... --out runs/x` (or `python train.py ...`).
+Several (DDP): `torchrun --nproc_per_node N train.py ...` (NCCL on GPUs, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from airm.build import VARIANTS
+from airm.training import TrainConfig, train
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of training, on `p` (train.py's parser, or `airm train`'s)."""
+    p.add_argument(
+        "--data", nargs="+", required=True, help="training roots (BIG or images/+masks/)"
+    )
+    p.add_argument("--out", required=True, help="output folder for checkpoints and the log")
+    p.add_argument("--val", default=None, help="BIG-layout validation folder with _seg.png masks")
+    p.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="network variant")
+    p.add_argument(
+        "--encoder-weights", default=None, help="local RGB ImageNet weights for the encoder"
+    )
+    p.add_argument(
+        "--init", default=None, help="start from the weights of this airm checkpoint (same variant)"
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="batch size per process")
+    p.add_argument("--iterations", type=int, default=None, help="total optimiser steps")
+    p.add_argument("--lr", type=float, default=None, help="initial learning rate")
+    p.add_argument("--crop-size", type=int, default=None, help="training crop side in pixels")
+    p.add_argument(
+        "--query-size", type=int, default=None, help="side of the queried window of each crop"
+    )
+    p.add_argument(
+        "--far-fraction", type=float, default=None, help="fraction of crops far from boundaries"
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="DataLoader workers per process (default: cores)"
+    )
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=["auto", "float32", "bfloat16"],
+        help="arithmetic (default auto: bfloat16 autocast on CUDA, float32 elsewhere)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed of data order and augmentation")
+    p.add_argument("--log-interval", type=int, default=None, help="steps between log lines")
+    p.add_argument("--val-interval", type=int, default=None, help="steps between validations")
+    p.add_argument("--val-limit", type=int, default=None, help="validate on this many images")
+    p.add_argument(
+        "--checkpoint-interval", type=int, default=None, help="steps between checkpoints"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if present")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """train.py's parser (`airm train` adds the same flags to its own)."""
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train as the parsed flags say; the exit status (0 when the final weights are written)."""
+    fields = {
+        "variant": args.variant,
+        "val": args.val,
+        "encoder_weights": args.encoder_weights,
+        "init": args.init,
+        "batch_size": args.batch_size,
+        "iterations": args.iterations,
+        "lr": args.lr,
+        "crop_size": args.crop_size,
+        "query_size": args.query_size,
+        "far_fraction": args.far_fraction,
+        "workers": args.workers,
+        "precision": args.precision,
+        "seed": args.seed,
+        "log_interval": args.log_interval,
+        "val_interval": args.val_interval,
+        "val_limit": args.val_limit,
+        "checkpoint_interval": args.checkpoint_interval,
+    }
+    config = TrainConfig(
+        data=tuple(args.data), out=args.out, **{k: v for k, v in fields.items() if v is not None}
+    )
+    final = train(config, resume=args.resume)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes the weights
+        print(f"final weights: {final}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parse_args(argv))

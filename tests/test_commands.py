@@ -1,0 +1,245 @@
+"""The package and its commands: airm stands without eval; `airm`, `python -m airm`,
+refine.py and train.py run end to end."""
+
+import argparse
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import airm
+from airm.cli import build_parser
+from airm.cli import main as airm_main
+from airm.cli import refine as refine_cli
+from airm.cli import train as train_cli
+
+from conftest import disc_pair
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imported_modules(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return names
+
+
+def test_no_module_of_airm_imports_eval():
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sorted((ROOT / "airm").rglob("*.py"))
+        for name in _imported_modules(path)
+        if name.split(".")[0] == "eval"
+    ]
+    assert not offenders
+
+
+def _top_level_names(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    return {
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_")
+    }
+
+
+def test_eval_holds_no_copy_of_the_metrics_or_the_scoring():
+    library = _top_level_names(ROOT / "airm" / "metrics.py")
+    library |= _top_level_names(ROOT / "airm" / "scoring.py")
+    assert {"iou", "boundary_accuracy", "ScoreAccumulator", "score_pairs"} <= library
+    for path in sorted((ROOT / "eval").rglob("*.py")):
+        assert not _top_level_names(path) & library, path
+
+
+# Run in a fresh interpreter from an empty folder: the repository root is taken off sys.path
+# (so eval/ cannot be found there), airm is found through a link to it, and any import of a
+# module named eval fails loudly.
+STANDALONE = """
+import importlib.abc, sys
+from pathlib import Path
+
+root, shelf = Path(sys.argv[1]), sys.argv[2]
+
+
+class NoEval(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "eval":
+            raise ModuleNotFoundError(f"something imported {name}")
+        return None
+
+
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
+sys.path.insert(0, shelf)
+sys.meta_path.insert(0, NoEval())
+import airm, airm.cli, airm.metrics, airm.perturb, airm.scoring, airm.training
+
+assert Path(airm.__file__).resolve().parent == root / "airm", airm.__file__
+print(sorted(m for m in sys.modules if m.split(".")[0] == "eval"))
+"""
+
+
+def test_airm_imports_without_eval(tmp_path):
+    shelf = tmp_path / "site"
+    shelf.mkdir()
+    (shelf / "airm").symlink_to(ROOT / "airm", target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-c", STANDALONE, str(ROOT), str(shelf)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
+def _env() -> dict[str, str]:
+    """The environment of a command run from elsewhere that must import this checkout's airm."""
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def _pair(folder: Path) -> list[str]:
+    image, coarse = disc_pair(48, 64)
+    Image.fromarray(image).save(folder / "a.jpg")
+    Image.fromarray(coarse).save(folder / "a.png")
+    return ["--image", str(folder / "a.jpg"), "--coarse", str(folder / "a.png")]
+
+
+def _console_script() -> Path:
+    script = Path(sys.executable).parent / ("airm.exe" if os.name == "nt" else "airm")
+    if not script.exists():
+        pytest.skip(f"the airm console script is not installed next to {sys.executable}")
+    return script
+
+
+COMMANDS = {
+    "airm": lambda: [str(_console_script()), "refine"],
+    "python -m airm": lambda: [sys.executable, "-m", "airm", "refine"],
+    "refine.py": lambda: [sys.executable, str(ROOT / "refine.py")],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_refine_end_to_end(command, tmp_path, tiny_checkpoint):
+    """Each way to refine, run from a temporary folder: one line on stdout, the mask written."""
+    prefix = COMMANDS[command]()
+    out = tmp_path / "out" / "a.png"
+    flags = [*_pair(tmp_path), "--out", str(out), "--checkpoint", str(tiny_checkpoint)]
+    done = subprocess.run(
+        [*prefix, *flags, "--scales", "1"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = done.stdout.strip()
+    assert "\n" not in line and line.startswith(f"{out}: 64x48 in "), done.stdout
+    mask = np.asarray(Image.open(out))
+    assert mask.shape == (48, 64) and set(np.unique(mask)) == {0, 255}
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit:
+        airm_main(["--version"])
+    assert exit.value.code == 0
+    assert capsys.readouterr().out.strip() == f"airm {airm.__version__}"
+
+
+def test_python_m_airm_exits_with_the_status_of_the_command(tmp_path):
+    run = [sys.executable, "-m", "airm"]
+    done = subprocess.run([*run, "segment"], cwd=tmp_path, env=_env(), capture_output=True)
+    assert done.returncode == 2 and b"invalid choice: 'segment'" in done.stderr
+
+
+def test_a_missing_or_wrong_command_exits_2(tmp_path, capsys):
+    for argv in ([], ["refine"], ["train", "--out", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exit:
+            airm_main(argv)
+        assert exit.value.code == 2, argv
+        assert "usage: airm" in capsys.readouterr().err
+    pair = _pair(tmp_path)
+    assert airm_main(["refine", *pair, "--out", str(tmp_path / "o.png"), "--soft", "--labels"]) == 2
+    assert "do not go together" in capsys.readouterr().err
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, tuple]:
+    """Every flag of a parser, with what it takes (without -h)."""
+    return {
+        flag: (action.dest, action.nargs, action.type, action.default, action.required)
+        for action in parser._actions
+        for flag in action.option_strings
+        if flag not in ("-h", "--help")
+    }
+
+
+def _subcommand(name: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices[name]
+
+
+@pytest.mark.parametrize("name,module", [("refine", refine_cli), ("train", train_cli)])
+def test_subcommands_take_the_flags_of_their_scripts(name, module):
+    script = _options(module.build_parser())
+    assert len(script) >= 10 and "--out" in script
+    assert _options(_subcommand(name)) == script
+
+
+@pytest.mark.parametrize("script", ["refine.py", "train.py"])
+def test_scripts_help(script, tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / script), "--help"], cwd=tmp_path, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.decode().startswith(f"usage: {script}")
+
+
+def _training_folder(root: Path) -> Path:
+    root.mkdir()
+    for i in range(2):
+        image, _ = disc_pair(72, 96, seed=i)
+        truth = image[..., 0] > 120
+        Image.fromarray(image).save(root / f"s{i}_im.jpg")
+        Image.fromarray(truth.astype(np.uint8) * 255).save(root / f"s{i}_gt.png")
+    return root
+
+
+TINY_RUN = ["--batch-size", "1", "--crop-size", "64", "--query-size", "32", "--workers", "0"]
+
+
+def test_train_py_tiny_run(tmp_path):
+    data, out = _training_folder(tmp_path / "data"), tmp_path / "run"
+    command = [sys.executable, str(ROOT / "train.py"), "--data", str(data), "--out", str(out)]
+    done = subprocess.run(
+        [*command, "--iterations", "1", *TINY_RUN],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == f"final weights: {out / 'final.safetensors'}"
+    model = airm.load_model(out / "final.safetensors")
+    assert model.config == airm.VARIANTS["airm_efficientnet_lite0"]()
+
+
+def test_airm_train_writes_the_weights_of_the_variant_asked(tmp_path, capsys):
+    data, out = _training_folder(tmp_path / "data"), tmp_path / "run"
+    argv = ["train", "--data", str(data), "--out", str(out), "--variant", "airm_mit_b0"]
+    assert airm_main([*argv, "--iterations", "0", *TINY_RUN]) == 0
+    assert f"final weights: {out / 'final.safetensors'}" in capsys.readouterr().out
+    assert airm.load_model(out / "final.safetensors").config == airm.VARIANTS["airm_mit_b0"]()
