@@ -15,7 +15,7 @@ script measures, on a checkpoint and a BIG-layout folder:
    the std across images (tiles) of each gate entry, averaged over entries, that std relative
    to the mean |g - 1|, and the relative change of the effective weight W * g from the mean
    one, ||W (g_i - mean g)|| / ||W mean g||, averaged over images (tiles);
-3. what refinement scores (pooled IoU, mean IoU, mBA; `eval.scoring`, default
+3. what refinement scores (pooled IoU, mean IoU, mBA; `airm.scoring`, default
    `InferenceOptions()`) when the modulation is replaced by a fixed one. The refiner's model
    (the inference copy, batchnorm folded) gets a `FixedModulation` for its hypernetwork, which
    every tile at every scale then uses:
@@ -52,7 +52,13 @@ if __package__ in (None, ""):  # `python eval/modulation.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from airm.data import Pair, find_pairs  # noqa: E402
-from airm.inference import InferenceOptions, as_float, boundary_band, scale_sizes  # noqa: E402
+from airm.inference import (  # noqa: E402
+    InferenceOptions,
+    TileGrid,
+    as_float,
+    boundary_band,
+    scale_sizes,
+)
 from airm.modeling.airm import AIRM  # noqa: E402
 from airm.modeling.implicit_function import LayerModulation, modulation_gate  # noqa: E402
 
@@ -185,36 +191,6 @@ def first_scale_modulation(
     )
 
 
-@dataclass(frozen=True)
-class Window:
-    """A tile (top, left, bottom, right) and the window encoded for it (y0, x0, y1, x1)."""
-
-    tile: tuple[int, int, int, int]
-    window: tuple[int, int, int, int]
-
-
-def tile_windows(height: int, width: int, tile_size: int | None, context: int) -> list[Window]:
-    """The tiles `airm.inference.refine_at_scale` encodes a (height, width) scale in, in order."""
-    tile_h = height if tile_size is None else min(height, tile_size)
-    tile_w = width if tile_size is None else min(width, tile_size)
-    windows = []
-    for top in range(0, height, tile_h):
-        for left in range(0, width, tile_w):
-            bottom, right = min(top + tile_h, height), min(left + tile_w, width)
-            windows.append(
-                Window(
-                    tile=(top, left, bottom, right),
-                    window=(
-                        max(0, top - context),
-                        max(0, left - context),
-                        min(height, bottom + context),
-                        min(width, right + context),
-                    ),
-                )
-            )
-    return windows
-
-
 @torch.no_grad()
 def tile_modulations(
     model: AIRM, image: torch.Tensor, mask: torch.Tensor, options: InferenceOptions
@@ -230,14 +206,18 @@ def tile_modulations(
     height, width = image.shape[-2:]
     band = options.band if options.band is not None else max(height, width)
     wanted = boundary_band(mask, band, options.uncertain)[0, 0]
+    grid = TileGrid.plan(height, width, options.tile_size, options.tile_context)
+    (tile_h, tile_w), (window_h, window_w) = grid.tile, grid.window
     modulations, encoded = [], []
-    for w in tile_windows(height, width, options.tile_size, options.tile_context):
-        top, left, bottom, right = w.tile
-        y0, x0, y1, x1 = w.window
-        window_image = image[..., y0:y1, x0:x1].to(device)
-        window_mask = mask[..., y0:y1, x0:x1].to(device)
-        modulations.append(encode_modulation(model, window_image, window_mask))
-        encoded.append(bool(wanted[top:bottom, left:right].any()))
+    for index in range(grid.shape[0] * grid.shape[1]):
+        row, col = divmod(index, grid.shape[1])
+        y0, x0 = grid.window_origin(index)
+        window = (..., slice(y0, y0 + window_h), slice(x0, x0 + window_w))
+        modulations.append(
+            encode_modulation(model, image[window].to(device), mask[window].to(device))
+        )
+        tile = wanted[row * tile_h : (row + 1) * tile_h, col * tile_w : (col + 1) * tile_w]
+        encoded.append(bool(tile.any()))
     return modulations, encoded
 
 
@@ -355,7 +335,7 @@ def evaluate(
     first: each pair's first-scale modulation, in the order of `pairs`.
     """
     from airm.io import read_image, read_mask
-    from eval.scoring import ScoreAccumulator, read_coarse, to_truth_size
+    from airm.scoring import ScoreAccumulator, read_coarse, to_truth_size
 
     model = refiner.model
     n = len(pairs)
@@ -499,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     from airm.checkpoint import CheckpointError, load_model
     from airm.io import read_image
     from airm.refiner import Refiner
-    from eval.scoring import read_coarse
+    from airm.scoring import read_coarse
 
     modes = list(MODES) if args.modes is None else [m for m in args.modes.split(",") if m]
     unknown = sorted(set(modes) - set(MODES))
