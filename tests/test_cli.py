@@ -330,6 +330,36 @@ def test_a_failing_pair_leaves_every_other_file_alone(tmp_path, tiny_checkpoint,
         assert np.asarray(Image.open(out / f"{name}.png")).shape == (40, 56)
 
 
+def test_folder_pipeline_reports_each_pair_and_matches_single_pairs(
+    tmp_path, tiny_checkpoint, capsys
+):
+    """Pairs are read and written by threads beside the refinement: each warning and error
+    names its own pair whichever stage raised it (reading, refining, writing), and every
+    other output is what refining its pair alone gives."""
+    names = [f"p{i}" for i in range(7)]
+    images, masks, out = make_folders(tmp_path, names)
+    Image.fromarray(np.zeros((40, 56), np.uint8)).save(masks / "p2.png")  # empty: a warning
+    (images / "p4.jpg").write_bytes(b"not a jpeg")  # fails when read
+    out.mkdir()
+    (out / "p5.png").mkdir()  # fails when written: a folder is in the way
+    args = cli_args(images, masks, out, "--checkpoint", tiny_checkpoint, "--overwrite", *FAST)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith(("warning", "error"))]
+    assert len(lines) == 3, err
+    assert "warning: p2.jpg: the coarse mask is empty or full; returning it unchanged" in lines
+    assert any(line.startswith("error: p4.jpg: cannot read") for line in lines)
+    assert any(line.startswith("error: p5.jpg: ") for line in lines)
+    assert "5 refined, 0 skipped, 2 failed, 0 unmatched" in err
+    for name in ("p0", "p1", "p2", "p3", "p6"):
+        alone = tmp_path / f"{name}_alone.png"
+        single = cli_args(images / f"{name}.jpg", masks / f"{name}.png", alone)
+        assert main([*single, "--checkpoint", str(tiny_checkpoint), "--quiet", *FAST]) == 0
+        assert np.array_equal(
+            np.asarray(Image.open(out / f"{name}.png")), np.asarray(Image.open(alone))
+        )
+
+
 def test_temporaries_and_hidden_files_are_no_inputs_or_outputs(tmp_path, tiny_checkpoint, capsys):
     images, masks, out = make_folders(tmp_path, ["a", "b"])
     out.mkdir()

@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 import warnings
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -42,6 +47,8 @@ from airm.refiner import Refiner
 # What may go wrong with one pair without stopping a batch (torch reports out-of-memory and
 # other failures inside the network as RuntimeError).
 PAIR_ERRORS = (InputError, OSError, RuntimeError, MemoryError)
+
+T = TypeVar("T")
 
 
 DESCRIPTION = (
@@ -177,14 +184,22 @@ def match_folders(
     return jobs, unmatched
 
 
-def refine_pair(settings: Settings, job: Job, *, reuse_output: bool = False) -> None:
-    """Refine one pair and write its output (and overlay), each atomically.
+@dataclass
+class Loaded:
+    """One pair read from disk: the image, the coarse mask or labels (with the labels'
+    palette), and the existing output when it is reused rather than refined again."""
 
-    reuse_output: the output exists already (only the overlay is missing): read it instead of
-    refining again.
-    """
+    image: np.ndarray
+    coarse: np.ndarray
+    palette: list[int] | None = None
+    refined: np.ndarray | None = None
+
+
+def load_pair(settings: Settings, job: Job, *, reuse_output: bool = False) -> Loaded:
+    """Read a pair (reuse_output: and its existing output, when only the overlay is missing)."""
     max_pixels = settings.refiner.max_pixels
     image = read_image(job.image, max_pixels=max_pixels)
+    palette, refined = None, None
     if settings.labels:
         coarse, palette = read_labels(job.coarse, max_pixels=max_pixels)
     else:
@@ -192,18 +207,36 @@ def refine_pair(settings: Settings, job: Job, *, reuse_output: bool = False) -> 
     if reuse_output:
         refined = (read_labels if settings.labels else read_mask)(job.out, max_pixels=max_pixels)
         refined = refined.labels if settings.labels else refined
-    elif settings.labels:
+    return Loaded(image, coarse, palette, refined)
+
+
+def refine_loaded(settings: Settings, loaded: Loaded) -> np.ndarray:
+    """The refined label map, or probabilities, of a pair (its existing output if reused)."""
+    if loaded.refined is not None:
+        return loaded.refined
+    if settings.labels:
         extra = {} if settings.ignore_label is None else {"ignore_label": settings.ignore_label}
-        refined = settings.refiner.refine_labels(image, coarse, **extra)
-        write_labels(job.out, refined, palette)
-    else:
-        refined = settings.refiner.refine(image, coarse, soft=True)
-        if settings.soft:
+        return settings.refiner.refine_labels(loaded.image, loaded.coarse, **extra)
+    return settings.refiner.refine(loaded.image, loaded.coarse, soft=True)
+
+
+def save_pair(settings: Settings, job: Job, loaded: Loaded, refined: np.ndarray) -> None:
+    """Write the output (unless it was reused) and the overlay, each atomically."""
+    if loaded.refined is None:
+        if settings.labels:
+            write_labels(job.out, refined, loaded.palette)
+        elif settings.soft:
             write_mask(job.out, (np.clip(refined, 0, 1) * 255).round().astype(np.uint8))
         else:
             write_mask(job.out, np.where(refined > 0.5, 255, 0).astype(np.uint8))
     if job.overlay is not None:
-        write_picture(job.overlay, draw_overlay(image, refined, coarse))
+        write_picture(job.overlay, draw_overlay(loaded.image, refined, loaded.coarse))
+
+
+def refine_pair(settings: Settings, job: Job, *, reuse_output: bool = False) -> None:
+    """Read, refine and write one pair (see `load_pair`, `refine_loaded`, `save_pair`)."""
+    loaded = load_pair(settings, job, reuse_output=reuse_output)
+    save_pair(settings, job, loaded, refine_loaded(settings, loaded))
 
 
 def _one_line(error: BaseException) -> str:
@@ -219,6 +252,55 @@ def attempt(settings: Settings, job: Job, *, reuse_output: bool = False) -> tupl
     except PAIR_ERRORS as e:
         return [], _one_line(e)
     return [_one_line(w.message) for w in caught], ""
+
+
+class ThreadWarnings:
+    """Warnings, kept apart by the thread that raised them, while threads read and write pairs
+    beside the refinement. `warnings.catch_warnings` is not thread-safe, so this context is
+    entered once around all the threads instead of once per pair."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._notes: dict[int, list[str]] = {}
+
+    def __enter__(self) -> ThreadWarnings:
+        self._context = warnings.catch_warnings()
+        self._context.__enter__()
+        warnings.simplefilter("always")
+        warnings.showwarning = self._record
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._context.__exit__(*exc)
+
+    def _record(self, message, category, filename, lineno, file=None, line=None) -> None:
+        with self._lock:
+            self._notes.setdefault(threading.get_ident(), []).append(_one_line(message))
+
+    def call(self, fn: Callable[..., T], *args, **kwargs) -> Outcome[T]:
+        """fn(*args, **kwargs) in this thread: its value, warnings and error (one line each)."""
+        with self._lock:
+            self._notes.pop(threading.get_ident(), None)
+        try:
+            value, error = fn(*args, **kwargs), ""
+        except PAIR_ERRORS as e:
+            value, error = None, _one_line(e)
+        with self._lock:
+            notes = self._notes.pop(threading.get_ident(), [])
+        return Outcome(value, notes, error)
+
+
+@dataclass
+class Outcome(Generic[T]):
+    value: T | None
+    notes: list[str]
+    error: str
+
+
+# Pairs read ahead of the one being refined (and written behind it), and threads reading them:
+# enough to keep a GPU busy with 2-megapixel pairs, while memory holds only a few pairs.
+READ_AHEAD = 2
+READ_THREADS = 2
 
 
 def _check_flags(args: argparse.Namespace) -> str | None:
@@ -254,7 +336,11 @@ def _make_settings(args: argparse.Namespace) -> Settings:
 
 
 def run_folders(settings: Settings, args: argparse.Namespace) -> int:
-    """Every pair of two folders, with a progress bar and a summary; resumes where it stopped."""
+    """Every pair of two folders, with a progress bar and a summary; resumes where it stopped.
+
+    Threads read the next pairs and write the finished ones while the refiner works on the
+    current pair, so a GPU does not wait for decoding and encoding of files.
+    """
     overlay = Path(args.overlay) if args.overlay is not None else None
     jobs, unmatched = match_folders(Path(args.image), Path(args.coarse), Path(args.out), overlay)
     for reason in unmatched:
@@ -264,19 +350,63 @@ def run_folders(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{len(jobs) - len(todo)} outputs exist already; skipped", file=sys.stderr)
     remove_stale_temporaries([p for job in jobs for p in (job.out, job.overlay) if p is not None])
     failed = 0
-    for job in tqdm(todo, desc="refining", unit="image", disable=args.quiet):
-        notes, error = attempt(settings, job, reuse_output=not args.overwrite and job.out.exists())
-        for note in notes:
+    bar = tqdm(total=len(todo), desc="refining", unit="image", disable=args.quiet)
+
+    def finish(job: Job, outcome: Outcome) -> None:
+        nonlocal failed
+        for note in outcome.notes:
             tqdm.write(f"warning: {job.image.name}: {note}", file=sys.stderr)
-        if error:
+        if outcome.error:
             failed += 1
-            tqdm.write(f"error: {job.image.name}: {error}", file=sys.stderr)
+            tqdm.write(f"error: {job.image.name}: {outcome.error}", file=sys.stderr)
+        bar.update()
+
+    with (
+        ThreadWarnings() as log,
+        ThreadPoolExecutor(READ_THREADS, thread_name_prefix="airm-read") as readers,
+        ThreadPoolExecutor(1, thread_name_prefix="airm-write") as writer,
+    ):
+        queued = iter(todo)
+        reads: deque[tuple[Job, Future]] = deque()
+        writes: deque[tuple[Job, Future, list[str]]] = deque()
+
+        def read_next() -> None:
+            job = next(queued, None)
+            if job is not None:
+                reuse = not args.overwrite and job.out.exists()
+                reads.append(
+                    (job, readers.submit(log.call, load_pair, settings, job, reuse_output=reuse))
+                )
+
+        for _ in range(READ_AHEAD):
+            read_next()
+        while reads:
+            job, reading = reads.popleft()
+            read_next()
+            loaded = reading.result()
+            refined = loaded if loaded.error else log.call(refine_loaded, settings, loaded.value)
+            if refined.error:
+                finish(job, Outcome(None, loaded.notes + refined.notes, refined.error))
+                continue
+            while len(writes) >= READ_AHEAD or (writes and writes[0][1].done()):
+                finish(*_written(writes.popleft()))
+            saving = writer.submit(log.call, save_pair, settings, job, loaded.value, refined.value)
+            writes.append((job, saving, loaded.notes + refined.notes))
+        while writes:
+            finish(*_written(writes.popleft()))
+    bar.close()
     print(
         f"{len(todo) - failed} refined, {len(jobs) - len(todo)} skipped, {failed} failed, "
         f"{len(unmatched)} unmatched",
         file=sys.stderr,
     )
     return 1 if failed else 0
+
+
+def _written(entry: tuple[Job, Future, list[str]]) -> tuple[Job, Outcome]:
+    job, saving, notes = entry
+    outcome = saving.result()
+    return job, Outcome(None, notes + outcome.notes, outcome.error)
 
 
 def run(args: argparse.Namespace) -> int:
