@@ -1,15 +1,17 @@
 """Speed and memory of refinement (SPEC section 5): `python -m eval.benchmark --help`.
 
-One scene (the example image and its coarse mask) is resized to each size and refined by
-`airm.refine` in a fresh process, which reports the median seconds of --repeats refinements
-(after a warm-up at 720 x 480, so start-up and model loading are excluded) and the process's
-peak memory (max RSS, start-up included; on a GPU also the peak GPU allocation).
-CascadePSP's pip package (`segmentation-refinement`, full mode, L=900) refines the same scene
-at --cascadepsp-size in the same run, with its own weights when they are on disk and random
-weights otherwise (its package downloads them at run time; random weights time the same
-network, and the output says which were used). With --compare, each size is also refined
-without the shortcuts (every pixel queried, every scale encoded whole) and the agreement is
-printed.
+On each device (--devices; the CPU, and the GPU when there is one), one scene (the example
+image and its coarse mask) is resized to each size and refined by `airm.refine` in a fresh
+process, which reports the median seconds of --repeats refinements (after a warm-up at 720 x
+480, so start-up and model loading are excluded) and the process's peak memory (max RSS,
+start-up included; on a GPU also the peak GPU allocation). With --compare, each size is also
+refined without the shortcuts (every pixel queried, every scale encoded whole) and the
+agreement is printed. `airm refine` then refines a folder of --folder pairs at --folder-size
+(images per second, files read and written included). CascadePSP's pip package
+(`segmentation-refinement`, full mode, L=900) refines the same scene at --cascadepsp-size on
+the same device in the same run, with its own weights when they are on disk and random weights
+otherwise (its package downloads them at run time; random weights time the same network, and
+the output says which were used).
 """
 
 from __future__ import annotations
@@ -84,6 +86,37 @@ def measure_airm(args: dict) -> dict:
     return {"seconds": float(np.median([s for _, s in runs])), **_peaks(refiner.device.type)}
 
 
+def measure_folder(args: dict) -> dict:
+    """`airm refine` over a folder of args["pairs"] copies of the scene at args["size"], files
+    read and written by its threads beside the refinement (in its own process). The model is
+    loaded and warmed up first, as for one refinement."""
+    import cv2
+
+    from airm.api import get_refiner
+    from airm.cli.refine import parse_args, run
+
+    image, coarse = _load(args["image"], args["coarse"], tuple(args["size"]))
+    refiner = get_refiner(args["checkpoint"], args["device"])  # the cached one `run` uses
+    refiner.refine(image, coarse)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "images").mkdir()
+        (root / "masks").mkdir()
+        for i in range(args["pairs"]):
+            cv2.imwrite(str(root / "images" / f"{i:03d}.jpg"), image[..., ::-1])
+            cv2.imwrite(str(root / "masks" / f"{i:03d}.png"), coarse.astype("uint8") * 255)
+        flags = ["--image", str(root / "images"), "--coarse", str(root / "masks")]
+        flags += ["--out", str(root / "out"), "--quiet"]
+        flags += ["--checkpoint", args["checkpoint"]] if args["checkpoint"] else []
+        flags += ["--device", args["device"]] if args["device"] else []
+        tic = time.perf_counter()
+        status = run(parse_args(flags))
+        seconds = time.perf_counter() - tic
+    if status != 0:
+        raise RuntimeError(f"airm refine exited with {status} on the benchmark folder")
+    return {"seconds": seconds / args["pairs"], **_peaks(refiner.device.type)}
+
+
 def measure_cascadepsp(args: dict) -> dict:
     """Refine the scene at args["size"] with CascadePSP's package (in its own process)."""
     import torch
@@ -118,13 +151,21 @@ def _write_random_cascadepsp_weights(path: Path) -> None:
     torch.save({f"module.{k}": v for k, v in RefinementModule().state_dict().items()}, path)
 
 
-def _row(label: str, size: tuple[int, int], r: dict) -> str:
+def _row(device: str, label: str, size: tuple[int, int], r: dict) -> str:
     gpu = f"{r['gpu_peak_mb']:9.0f}" if r.get("gpu_peak_mb") is not None else f"{'-':>9}"
     mp = size[0] * size[1] / 1e6
     return (
-        f"{size[0]:>5}x{size[1]:<6}{mp:6.1f}  {label:<12}{r['seconds']:9.2f}"
+        f"{device:<7}{size[0]:>5}x{size[1]:<6}{mp:6.1f}  {label:<12}{r['seconds']:9.3f}"
         f"{r['peak_rss_mb']:13.0f}{gpu}"
     )
+
+
+def _devices(value: str | None) -> list[str]:
+    if value:
+        return value.split(",")
+    import torch
+
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: shipped model)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument(
+        "--devices",
+        default=None,
+        help="comma-separated torch devices, each measured in turn (default: cpu, and cuda when "
+        "there is a GPU)",
+    )
     p.add_argument("--image", default=str(EXAMPLE / "composite_im.jpg"), help="image to resize")
     p.add_argument("--coarse", default=str(EXAMPLE / "composite_seg.png"), help="its coarse mask")
     p.add_argument(
@@ -158,29 +204,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--repeats", type=int, default=3, help="refinements per size; the median is reported"
     )
+    p.add_argument(
+        "--folder",
+        type=int,
+        default=16,
+        help="pairs in a folder refined by `airm refine` at --folder-size (0 to skip)",
+    )
+    p.add_argument("--folder-size", default="1164x1746", help="HxW of the folder's pairs")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-    common = {
-        "checkpoint": args.checkpoint,
-        "device": args.device,
-        "image": args.image,
-        "coarse": args.coarse,
-    }
     results: list[dict] = []
-    print(f"{'size':>12}{'MP':>6}  {'method':<12}{'seconds':>9}{'peak RSS MB':>13}{'GPU MB':>9}")
-    with tempfile.TemporaryDirectory() as tmp:
-        for size in sizes:
-            modes = ["airm", "exhaustive"] if args.compare else ["airm"]
-            for mode in modes:
-                save = str(Path(tmp) / f"{mode}_{size[0]}x{size[1]}.npy")
-                job = {"size": list(size), "exhaustive": mode == "exhaustive", "save": save}
-                job["repeats"] = args.repeats if mode == "airm" else 1
-                r = run_in_process(measure_airm, {**job, **common})
-                results.append({"size": list(size), "method": mode, **r})
-                print(_row(mode, size, r), flush=True)
-            if args.compare:
-                results.append(_agreement(tmp, size))
+    print(
+        f"{'device':<7}{'size':>12}{'MP':>6}  {'method':<12}{'seconds':>9}{'peak RSS MB':>13}"
+        f"{'GPU MB':>9}"
+    )
+    for device in _devices(args.devices):
+        common = {
+            "checkpoint": args.checkpoint,
+            "device": device,
+            "image": args.image,
+            "coarse": args.coarse,
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            for size in sizes:
+                modes = ["airm", "exhaustive"] if args.compare else ["airm"]
+                for mode in modes:
+                    save = str(Path(tmp) / f"{mode}_{size[0]}x{size[1]}.npy")
+                    job = {"size": list(size), "exhaustive": mode == "exhaustive", "save": save}
+                    job["repeats"] = args.repeats if mode == "airm" else 1
+                    r = run_in_process(measure_airm, {**job, **common})
+                    results.append({"device": device, "size": list(size), "method": mode, **r})
+                    print(_row(device, mode, size, r), flush=True)
+                if args.compare:
+                    results.append({"device": device, **_agreement(tmp, size)})
+        if args.folder:
+            size = tuple(int(v) for v in args.folder_size.split("x"))
+            r = run_in_process(measure_folder, {"size": list(size), "pairs": args.folder, **common})
+            results.append({"device": device, "size": list(size), "method": "folder", **r})
+            print(_row(device, "folder", size, r) + f"   ({1 / r['seconds']:.1f} images/s)")
         if args.cascadepsp_size != "none":
             size = tuple(int(v) for v in args.cascadepsp_size.split("x"))
             r = run_in_process(
@@ -190,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             if "skipped" in r:
                 print(f"cascadepsp skipped: {r['skipped']}")
             else:
-                results.append({"size": list(size), "method": "cascadepsp", **r})
-                print(_row("cascadepsp", size, r) + f"   ({r['weights']})", flush=True)
+                results.append({"device": device, "size": list(size), "method": "cascadepsp", **r})
+                print(_row(device, "cascadepsp", size, r) + f"   ({r['weights']})", flush=True)
     _print_ratios(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
@@ -210,23 +272,32 @@ def _agreement(folder: str, size: tuple[int, int]) -> dict:
 
 
 def _print_ratios(results: list[dict]) -> None:
-    """The ratios the targets are stated in: vs CascadePSP at its size, and 8 MP / 2 MP."""
-    airm = {tuple(r["size"]): r for r in results if r["method"] == "airm"}
-    for r in results:
-        if r["method"] == "cascadepsp" and tuple(r["size"]) in airm:
-            mine = airm[tuple(r["size"])]
+    """The ratios the targets are stated in, per device: vs CascadePSP at its size, the time
+    of each size against the next smaller one, and the exhaustive path against the default."""
+    for device in dict.fromkeys(r["device"] for r in results):
+        mine = [r for r in results if r["device"] == device]
+        airm = {tuple(r["size"]): r for r in mine if r["method"] == "airm"}
+        for r in mine:
+            if r["method"] == "cascadepsp" and tuple(r["size"]) in airm:
+                ours = airm[tuple(r["size"])]
+                print(
+                    f"{device}, {r['size'][0]}x{r['size'][1]}: airm is "
+                    f"{r['seconds'] / ours['seconds']:.1f}x faster than CascadePSP and uses "
+                    f"{r['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x less peak memory"
+                )
+            if r["method"] == "exhaustive" and tuple(r["size"]) in airm:
+                ours = airm[tuple(r["size"])]
+                print(
+                    f"{device}, {r['size'][0]}x{r['size'][1]}: every pixel queried takes "
+                    f"{r['seconds'] / ours['seconds']:.1f}x the time of the default path"
+                )
+        by_mp = sorted(airm.items(), key=lambda kv: kv[0][0] * kv[0][1])
+        for (small, rs), (big, rb) in zip(by_mp, by_mp[1:], strict=False):
+            pixels = (big[0] * big[1]) / (small[0] * small[1])
             print(
-                f"at {r['size'][0]}x{r['size'][1]}: airm is {r['seconds'] / mine['seconds']:.1f}x "
-                f"faster than CascadePSP and uses {r['peak_rss_mb'] / mine['peak_rss_mb']:.1f}x "
-                "less peak memory"
+                f"{device}, {big[0]}x{big[1]} vs {small[0]}x{small[1]}: {pixels:.1f}x the "
+                f"pixels, {rb['seconds'] / rs['seconds']:.2f}x the time"
             )
-    by_mp = sorted(airm.items(), key=lambda kv: kv[0][0] * kv[0][1])
-    for (small, rs), (big, rb) in zip(by_mp, by_mp[1:], strict=False):
-        pixels = (big[0] * big[1]) / (small[0] * small[1])
-        print(
-            f"{big[0]}x{big[1]} vs {small[0]}x{small[1]}: {pixels:.1f}x the pixels, "
-            f"{rb['seconds'] / rs['seconds']:.2f}x the time"
-        )
 
 
 if __name__ == "__main__":
