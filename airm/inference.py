@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from airm.modeling.airm import AIRM
+from airm.modeling.airm import AIRM, SIZE_DIVISOR
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -139,41 +139,61 @@ def _near_boundary_cv2(binary: torch.Tensor, band: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class TileGrid:
-    """Tiles covering an h x w scale, and the window of image each one is encoded in.
+    """Tiles covering an h x w scale, and the windows of image they are encoded in.
 
-    Every window has the same size (a tile plus `context` pixels on each side, slid inwards at
-    the image's border so that it stays inside), so windows encode as one batch and the CPU's
-    convolution kernels, prepared per input shape, are prepared once. Along an axis no longer
-    than tile + 2 context there is one tile, as long as the axis, in a window as long.
+    A tile's window holds the tile's queried pixels and `context` pixels of image around them,
+    grown to a multiple of the network's size divisor (the network would pad it otherwise) and
+    slid inwards at the image's border; it is never larger than the tile plus its context, so
+    memory is bounded by the tile size, and it is often much smaller (a boundary crossing a
+    tile's corner needs little of it). Windows encoded together as one batch take the batch's
+    largest size. Along an axis no longer than tile + 2 context there is one tile.
     """
 
     height: int
     width: int
     tile: tuple[int, int]  # (th, tw)
-    window: tuple[int, int]  # (wh, ww)
     context: int
 
     @classmethod
     def plan(cls, height: int, width: int, tile_size: int | None, context: int) -> TileGrid:
-        def axis(n: int) -> tuple[int, int]:
-            if tile_size is None or n <= tile_size + 2 * context:
-                return n, n
-            return tile_size, tile_size + 2 * context
+        def axis(n: int) -> int:
+            return n if tile_size is None or n <= tile_size + 2 * context else tile_size
 
-        (th, wh), (tw, ww) = axis(height), axis(width)
-        return cls(height, width, (th, tw), (wh, ww), context)
+        return cls(height, width, (axis(height), axis(width)), context)
 
     @property
     def shape(self) -> tuple[int, int]:
         """(rows, cols) of tiles."""
         return -(-self.height // self.tile[0]), -(-self.width // self.tile[1])
 
-    def window_origin(self, index: int) -> tuple[int, int]:
-        """(top, left) of tile `index`'s window (tiles numbered row-major)."""
+    def tile_box(self, index: int) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) of tile `index` (tiles numbered row-major)."""
         row, col = divmod(index, self.shape[1])
-        top = min(max(0, row * self.tile[0] - self.context), self.height - self.window[0])
-        left = min(max(0, col * self.tile[1] - self.context), self.width - self.window[1])
-        return top, left
+        top, left = row * self.tile[0], col * self.tile[1]
+        return top, min(top + self.tile[0], self.height), left, min(left + self.tile[1], self.width)
+
+    def windows(
+        self, boxes: list[tuple[int, int, int, int]]
+    ) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+        """Origins (top, left) and common size (h, w) of windows that hold each box (top,
+        bottom, left, right; bottom and right exclusive) with its context."""
+
+        def span(lo: int, hi: int, n: int) -> int:
+            size = hi - lo + 2 * self.context
+            return min(n, -(-size // SIZE_DIVISOR) * SIZE_DIVISOR)
+
+        size = (
+            max(span(top, bottom, self.height) for top, bottom, _, _ in boxes),
+            max(span(left, right, self.width) for _, _, left, right in boxes),
+        )
+        origins = [
+            (
+                min(max(0, top - self.context), self.height - size[0]),
+                min(max(0, left - self.context), self.width - size[1]),
+            )
+            for top, _, left, _ in boxes
+        ]
+        return origins, size
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
@@ -227,7 +247,7 @@ def refine_at_scale(
     if grid.shape != (1, 1):  # group the queried pixels by tile
         order = torch.argsort(tile, stable=True)
         ys, xs, tile = ys[order], xs[order], tile[order]
-    counts = torch.bincount(tile, minlength=grid.shape[0] * grid.shape[1]).tolist()
+    counts, boxes = _tile_bounds(ys, xs, tile, grid.shape[0] * grid.shape[1], (h, w))
     starts = np.cumsum([0, *counts[:-1]]).tolist()
     busy = sorted((i for i, n in enumerate(counts) if n), key=lambda i: -counts[i])
     autocast = autocast_dtype(image.device, precision)
@@ -241,19 +261,42 @@ def refine_at_scale(
         steps = torch.arange(counts[tiles[0]], device=ys.device)
         index = start[:, None] + torch.minimum(steps[None], n[:, None] - 1)
         rows, cols = ys[index], xs[index]
-        origins = [grid.window_origin(i) for i in tiles]
+        origins, size = grid.windows([boxes[i] for i in tiles])
         flat[rows * w + cols] = _window_probabilities(
             model,
             image,
             prob,
             origins,
-            grid.window,
+            size,
             rows,
             cols,
             chunk_size=None if chunk_size is None else max(1, chunk_size // len(tiles)),
             autocast=autocast,
         )
     return out
+
+
+def _tile_bounds(
+    ys: torch.Tensor, xs: torch.Tensor, tile: torch.Tensor, tiles: int, size: tuple[int, int]
+) -> tuple[list[int], list[tuple[int, int, int, int]]]:
+    """Per tile: the number of queried pixels and their bounds (top, bottom, left, right; end
+    exclusive), read back from the device at once."""
+    h, w = size
+
+    def bound(values: torch.Tensor, reduce: str, initial: int) -> torch.Tensor:
+        start = torch.full((tiles,), initial, dtype=values.dtype, device=values.device)
+        return start.scatter_reduce(0, tile, values, reduce)
+
+    stats = torch.stack(
+        [
+            torch.bincount(tile, minlength=tiles),
+            bound(ys, "amin", h),
+            bound(ys, "amax", -1) + 1,
+            bound(xs, "amin", w),
+            bound(xs, "amax", -1) + 1,
+        ]
+    ).tolist()
+    return stats[0], list(zip(*stats[1:], strict=True))
 
 
 def _window_probabilities(

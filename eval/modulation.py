@@ -207,17 +207,22 @@ def tile_modulations(
     band = options.band if options.band is not None else max(height, width)
     wanted = boundary_band(mask, band, options.uncertain)[0, 0]
     grid = TileGrid.plan(height, width, options.tile_size, options.tile_context)
-    (tile_h, tile_w), (window_h, window_w) = grid.tile, grid.window
     modulations, encoded = [], []
     for index in range(grid.shape[0] * grid.shape[1]):
-        row, col = divmod(index, grid.shape[1])
-        y0, x0 = grid.window_origin(index)
+        top, bottom, left, right = grid.tile_box(index)
+        ys, xs = wanted[top:bottom, left:right].nonzero(as_tuple=True)
+        encoded.append(len(ys) > 0)
+        # The window inference encodes: around the tile's queried pixels (the whole tile when
+        # it has none, which inference skips).
+        if encoded[-1]:
+            top, bottom = top + int(ys.min()), top + int(ys.max()) + 1
+            left, right = left + int(xs.min()), left + int(xs.max()) + 1
+        origins, (window_h, window_w) = grid.windows([(top, bottom, left, right)])
+        y0, x0 = origins[0]
         window = (..., slice(y0, y0 + window_h), slice(x0, x0 + window_w))
         modulations.append(
             encode_modulation(model, image[window].to(device), mask[window].to(device))
         )
-        tile = wanted[row * tile_h : (row + 1) * tile_h, col * tile_w : (col + 1) * tile_w]
-        encoded.append(bool(tile.any()))
     return modulations, encoded
 
 
