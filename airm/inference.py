@@ -11,11 +11,18 @@ Two shortcuts make large images cheap, and both can be switched off to measure t
   uncertain are queried; the others keep the current probability (None queries every pixel).
   This also keeps refinement local: a coarse mask says where the object is, and far from its
   boundary there is nothing to refine;
-- a scale larger than `tile_size` is encoded in tiles of that size, each with `tile_context`
-  pixels of surrounding image, and only tiles that hold queried pixels are encoded at all
-  (`tile_size=None` encodes the whole scale at once). The network is trained on 224 px
-  crops, so a tile with context is what it knows best; the context keeps seams away.
+- a scale larger than `tile_size` is encoded tile by tile, each tile in a window that holds
+  its queried pixels and `tile_context` pixels of image around them (`TileGrid`), and only
+  tiles that hold queried pixels are encoded at all (`tile_size=None` encodes the whole scale
+  at once). The network is trained on 224 px crops, so a window is what it knows best; the
+  context keeps seams away.
 Memory is then bounded by the tile, and time grows with the boundary's length.
+
+The CPU and the GPU run the same loop. Per scale, the host reads two small things back from
+the device (the number of queried pixels, then their count and bounds per tile); the band, the
+gathering of queried pixels and the scattering of results stay on the device; windows go
+through the network `tile_batch` at a time (one on a CPU, 8 on a GPU by default), in bfloat16
+on a GPU by default (`precision`).
 """
 
 from __future__ import annotations
@@ -54,8 +61,9 @@ class InferenceOptions:
     tile_size: int | None = 512
     # Pixels of image context around each tile.
     tile_context: int = 64
-    # Tiles encoded at once, as one batch.
-    tile_batch: int = 4
+    # Tiles encoded at once, as one batch; None: 1 on a CPU (where a batch only makes larger
+    # tensors), 8 on a GPU (where fewer, larger launches pay).
+    tile_batch: int | None = None
     # Arithmetic of the network: "float32", "bfloat16", "float16", or "auto" (bfloat16 on CUDA
     # GPUs, float32 elsewhere). Probabilities are kept in float32 between scales either way.
     precision: str = "auto"
@@ -76,7 +84,7 @@ class InferenceOptions:
                 raise ValueError(f"{name} must be >= 1 pixel or None, got {value}")
         if self.tile_size is not None and self.tile_size < 32:
             raise ValueError(f"tile_size must be >= 32 pixels or None, got {self.tile_size}")
-        if self.tile_batch < 1:
+        if self.tile_batch is not None and self.tile_batch < 1:
             raise ValueError(f"tile_batch must be >= 1, got {self.tile_batch}")
         if self.precision != "auto" and self.precision not in PRECISIONS:
             raise ValueError(
@@ -355,7 +363,7 @@ def refine_probability(
             chunk_size=options.chunk_size or (2**20 if image.is_cuda else 65536),
             tile_size=options.tile_size,
             tile_context=options.tile_context,
-            tile_batch=options.tile_batch,
+            tile_batch=options.tile_batch or (8 if image.is_cuda else 1),
             precision=options.precision,
         )
     return prob
