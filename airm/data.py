@@ -115,6 +115,51 @@ def _far_window(edges: np.ndarray, size: int, rng: np.random.Generator) -> tuple
     return int(ys[k]), int(xs[k])
 
 
+def paste_object(
+    image: np.ndarray, source: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paste `source`'s object (bool HxW `mask`) onto `image` (HxWx3 uint8).
+
+    The object's bounding box is scaled so that its longer side spans 30-80% of the image's
+    shorter side, placed at random (partly outside is allowed), and blended with its mask
+    feathered by a Gaussian of 0.3-1 px. Returns the composite and the pasted object's mask
+    (alpha > 0.5), or the inputs unchanged when `mask` is empty.
+    """
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return image, np.zeros(image.shape[:2], bool)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    h, w = image.shape[:2]
+    scale = rng.uniform(0.3, 0.8) * min(h, w) / max(y1 - y0, x1 - x0)
+    size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
+    # Colour premultiplied by the mask, so that resizing and feathering do not mix in the
+    # source's own background.
+    box = (slice(y0, y1), slice(x0, x1))
+    alpha = mask[box].astype(np.float32)
+    patch = source[box].astype(np.float32) * alpha[..., None]
+    sigma = rng.uniform(0.3, 1.0)
+    patch, alpha = (
+        cv2.GaussianBlur(cv2.resize(x, size, interpolation=cv2.INTER_AREA), (0, 0), sigma)
+        for x in (patch, alpha)
+    )
+    # Top-left corner: up to a quarter of the patch may fall outside the image.
+    top = int(rng.integers(-size[1] // 4, h - 3 * size[1] // 4 + 1))
+    left = int(rng.integers(-size[0] // 4, w - 3 * size[0] // 4 + 1))
+    full = np.zeros((h, w), np.float32)
+    composite = image.astype(np.float32)
+    inside = (
+        slice(max(0, top), min(h, top + size[1])),
+        slice(max(0, left), min(w, left + size[0])),
+    )
+    part = (
+        slice(inside[0].start - top, inside[0].stop - top),
+        slice(inside[1].start - left, inside[1].stop - left),
+    )
+    full[inside] = alpha[part]
+    composite[inside] = patch[part] + (1.0 - full[inside][..., None]) * composite[inside]
+    return composite.round().astype(np.uint8), full > 0.5
+
+
 class RefinementDataset(Dataset):
     """Random crops of (image, coarse, truth) for training.
 
@@ -128,6 +173,11 @@ class RefinementDataset(Dataset):
     and of the coarse mask), so the network learns to keep what the coarse mask gets right away
     from the object's outline (inference that queries every pixel asks it there); of the rest,
     most are centred near a boundary point, where the refining is, and some fall anywhere.
+
+    Copy-paste: a `paste_fraction` of items paste the object of another pair (its true mask,
+    edges feathered by a fraction of a pixel) onto this pair's photograph, at a random place
+    and size, and that object becomes the one to refine; the photograph's own object stays as
+    a distractor that the coarse mask does not point at.
     """
 
     def __init__(
@@ -136,13 +186,16 @@ class RefinementDataset(Dataset):
         *,
         crop_size: int = 224,
         far_fraction: float = 0.0,
+        paste_fraction: float = 0.0,
         seed: int = 0,
     ) -> None:
-        if not 0.0 <= far_fraction <= 1.0:
-            raise ValueError(f"far_fraction must be in [0, 1], got {far_fraction}")
+        for name, value in (("far_fraction", far_fraction), ("paste_fraction", paste_fraction)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
         self.pairs = pairs
         self.crop_size = crop_size
         self.far_fraction = far_fraction
+        self.paste_fraction = paste_fraction
         self.seed = seed
         self.epoch = 0
 
@@ -154,11 +207,10 @@ class RefinementDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng((self.seed, self.epoch, index))
-        pair = self.pairs[index]
-        image = read_image(pair.image)
-        gt = read_mask(pair.mask) > 0.5
-        if gt.shape != image.shape[:2]:
-            raise ValueError(f"{pair.name}: image {image.shape[:2]} and mask {gt.shape} differ")
+        image, gt = self._read(index)
+        if len(self.pairs) > 1 and rng.random() < self.paste_fraction:
+            other = (index + 1 + int(rng.integers(len(self.pairs) - 1))) % len(self.pairs)
+            image, gt = paste_object(image, *self._read(other), rng)
         coarse = make_coarse(gt, rng)
         image, gt, coarse = self._rescale(image, gt, coarse, rng)
         image, gt, coarse = self._crop(image, gt, coarse, rng)
@@ -173,6 +225,14 @@ class RefinementDataset(Dataset):
             torch.from_numpy(np.ascontiguousarray(coarse[None])),
             torch.from_numpy(np.ascontiguousarray(gt[None].astype(np.float32))),
         )
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        pair = self.pairs[index]
+        image = read_image(pair.image)
+        gt = read_mask(pair.mask) > 0.5
+        if gt.shape != image.shape[:2]:
+            raise ValueError(f"{pair.name}: image {image.shape[:2]} and mask {gt.shape} differ")
+        return image, gt
 
     def _rescale(self, image, gt, coarse, rng):
         short = min(gt.shape)

@@ -59,6 +59,9 @@ class TrainConfig:
     # Fraction of crops centred far from every boundary, where refinement must keep the coarse
     # mask (without them the model invents foreground there when queried).
     far_fraction: float = 0.2
+    # Fraction of items that paste another pair's object onto the photograph (copy-paste; off
+    # until an equal-budget run shows it helps on val).
+    paste_fraction: float = 0.0
     # DataLoader workers per process; None: this process's share of the machine's cores.
     workers: int | None = None
     # Arithmetic of forward and backward: "float32", "bfloat16" (autocast; the weights, the
@@ -250,6 +253,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
             pairs,
             crop_size=config.crop_size,
             far_fraction=config.far_fraction,
+            paste_fraction=config.paste_fraction,
             seed=config.seed,
         )
     )

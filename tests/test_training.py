@@ -2,6 +2,7 @@ import functools
 import os
 import socket
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -84,6 +85,45 @@ def test_far_crops_hold_no_boundary_and_near_crops_do(tmp_path):
     assert sum(_has_boundary(gt) for _, _, gt in near) >= 6
     with pytest.raises(ValueError, match="far_fraction"):
         RefinementDataset(pairs, far_fraction=1.5)
+
+
+def test_copy_paste_makes_the_pasted_object_the_target():
+    from airm.data import paste_object
+
+    rng = np.random.default_rng(3)
+    photo = np.full((120, 160, 3), 40, np.uint8)
+    yy, xx = np.mgrid[:90, :90]
+    ring = ((yy - 45) ** 2 + (xx - 45) ** 2 < 35**2) & ((yy - 45) ** 2 + (xx - 45) ** 2 > 15**2)
+    source = np.zeros((90, 90, 3), np.uint8)
+    source[ring] = (250, 10, 10)
+    composite, target = paste_object(photo, source, ring, rng)
+    assert composite.shape == photo.shape and target.shape == photo.shape[:2]
+    assert 0.05 < target.mean() < 0.6
+    # Where the object is (alpha > 0.5) its colour outweighs the photograph's, and elsewhere not.
+    assert (composite[target][:, 0] >= 145).all() and (composite[~target][:, 0] <= 145).all()
+    assert (composite[target][:, 0] == 250).mean() > 0.5
+    # its hole is background again: the mask's shape was pasted, not its bounding box
+    hole = cv2.dilate(target.astype(np.uint8), np.ones((3, 3), np.uint8)) == 0
+    inner = ndimage_fill(target) & hole
+    assert inner.sum() > 100 and (composite[inner] == 40).all()
+
+
+def ndimage_fill(mask: np.ndarray) -> np.ndarray:
+    """Pixels enclosed by `mask` (flood fill from the border)."""
+    filled = mask.astype(np.uint8).copy()
+    flood = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), np.uint8)
+    cv2.floodFill(filled, flood, (0, 0), 1)
+    return filled == 0
+
+
+def test_paste_fraction_in_the_dataset(big_folder):
+    pairs = find_pairs(big_folder)
+    plain = RefinementDataset(pairs, crop_size=64)
+    pasted = RefinementDataset(pairs, crop_size=64, paste_fraction=1.0)
+    assert all(a.shape == b.shape for a, b in zip(plain[0], pasted[0], strict=True))
+    assert not torch.equal(plain[0][2], pasted[0][2])
+    with pytest.raises(ValueError, match="paste_fraction"):
+        RefinementDataset(pairs, paste_fraction=-0.1)
 
 
 def test_perturbation_reaches_its_target():

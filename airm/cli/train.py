@@ -38,6 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--far-fraction", type=float, default=None, help="fraction of crops far from boundaries"
     )
     p.add_argument(
+        "--paste-fraction",
+        type=float,
+        default=None,
+        help="fraction of items that paste another pair's object onto the photograph",
+    )
+    p.add_argument(
         "--workers", type=int, default=None, help="DataLoader workers per process (default: cores)"
     )
     p.add_argument(
@@ -84,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         "crop_size": args.crop_size,
         "query_size": args.query_size,
         "far_fraction": args.far_fraction,
+        "paste_fraction": args.paste_fraction,
         "workers": args.workers,
         "precision": args.precision,
         "seed": args.seed,
