@@ -208,7 +208,7 @@ class RefinementDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng((self.seed, self.epoch, index))
         image, gt = self._read(index)
-        if len(self.pairs) > 1 and rng.random() < self.paste_fraction:
+        if self.paste_fraction and len(self.pairs) > 1 and rng.random() < self.paste_fraction:
             other = (index + 1 + int(rng.integers(len(self.pairs) - 1))) % len(self.pairs)
             image, gt = paste_object(image, *self._read(other), rng)
         coarse = make_coarse(gt, rng)
