@@ -58,7 +58,7 @@ def refine(
 
     image: HxWx3 uint8 RGB. coarse: HxW bool, 0/1 or 0/255 uint8, or float in [0, 1].
     Returns HxW uint8 0/255, or HxW float32 probabilities with soft=True.
-    options: fields of `InferenceOptions` (scales, min_size, band, uncertain, chunk_size).
+    options: fields of `InferenceOptions` (scales, band, tile_size, tile_batch, precision, ...).
     """
     return _refiner(checkpoint, device, max_pixels, options).refine(image, coarse, soft=soft)
 
