@@ -13,9 +13,9 @@ Two shortcuts make large images cheap, and both can be switched off to measure t
   boundary there is nothing to refine;
 - a scale larger than `tile_size` is encoded tile by tile, each tile in a window that holds
   its queried pixels and `tile_context` pixels of image around them (`TileGrid`), and only
-  tiles that hold queried pixels are encoded at all (`tile_size=None` encodes the whole scale
-  at once). The network is trained on 224 px crops, so a window is what it knows best; the
-  context keeps seams away.
+  tiles that hold queried pixels are encoded at all (`tile_size=None`: the whole scale is one
+  tile, in one window). The network is trained on 224 px crops, so a window is what it knows
+  best; the context keeps seams away.
 Memory is then bounded by the tile, and time grows with the boundary's length.
 
 The CPU and the GPU run the same loop. Per scale, the host reads two small things back from
@@ -230,7 +230,8 @@ def refine_at_scale(
     image: (1, 3, h, w) uint8 RGB or float RGB in [0, 1]; prob: (1, 1, h, w) current mask.
     band: query only the boundary band of `prob` (see `boundary_band`), or every pixel (None).
     tile_size, tile_context: encode in tiles (see `TileGrid`) when the input is larger than
-    tile_size; an input that fits (or tile_size=None) is one tile covering everything.
+    tile_size; an input that fits (or tile_size=None) is one tile covering everything, whose
+    window holds every queried pixel with its context (the whole input when band is None).
     tile_batch: windows encoded and queried at once. Tiles go together in order of their
     query counts, so padding each window's queries to its batch's largest count wastes little.
     chunk_size: queries evaluated at once, over the whole batch of windows.
