@@ -102,3 +102,26 @@ def test_bad_arguments_exit_2(tmp_path, argv):
 
 def test_a_folder_without_pairs_exits_2(tmp_path):
     assert main(["--data", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+
+
+def test_paired_bootstrap_sees_a_consistent_gain_and_not_noise(tmp_path):
+    from eval.compare import compare, paired_bootstrap
+    from eval.compare import main as compare_main
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.6, 0.95, 200)
+    better = paired_bootstrap(base + 0.01, base)  # every image one point better
+    assert better.low > 0.99 - 1e-9 and better.high < 1.01 + 1e-9 and abs(better.mean - 1) < 1e-9
+    noise = paired_bootstrap(base + rng.normal(0, 0.02, 200), base)
+    assert noise.low < 0 < noise.high
+    for method, shift in (("ref", 0.0), ("up", 0.02)):
+        (tmp_path / method).mkdir()
+        scores = [
+            {"name": f"i{i}", "iou": b + shift, "boundary_accuracy": None if i == 0 else b}
+            for i, b in enumerate(base)
+        ]
+        (tmp_path / method / "scores.json").write_text(json.dumps(scores))
+    d = compare(tmp_path, "up", "ref")
+    assert d["iou"].low > 1.9 and abs(d["mba"].mean) < 1e-9
+    assert compare_main([str(tmp_path), "--reference", "ref"]) == 0
+    assert compare_main([str(tmp_path), "--reference", "absent"]) == 2

@@ -1,0 +1,115 @@
+"""Paired bootstrap of per-image scores between methods of one `python -m eval` run.
+
+    python -m eval.compare runs/eval --reference airm [--resamples 5000]
+
+For each method beside the reference, the mean over images of (method - reference) per-image
+IoU and boundary accuracy (the quantities whose means are the table's mean IoU and mBA), and a
+95% percentile interval from resampling the images with replacement, the same resample for
+both methods (so the interval is of the paired difference). An interval that excludes zero says
+the difference is larger than the spread of the images would make by chance. Reads the
+`OUT/<method>/scores.json` files that `python -m eval` writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Difference:
+    """mean (method - reference) and its 95% interval, in points (x 100)."""
+
+    mean: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}]"
+
+
+def paired_bootstrap(
+    ours: np.ndarray, reference: np.ndarray, *, resamples: int = 5000, seed: int = 0
+) -> Difference:
+    """ours, reference: per-image scores in [0, 1] of the same images, in the same order."""
+    diff = 100.0 * (np.asarray(ours, float) - np.asarray(reference, float))
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return Difference(float(diff.mean()), float(low), float(high))
+
+
+def read_scores(out: Path, method: str) -> dict[str, dict]:
+    """name -> {"iou", "boundary_accuracy", ...} of one method's images."""
+    path = out / method / "scores.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: was {method} run into {out}?")
+    return {s["name"]: s for s in json.loads(path.read_text())}
+
+
+def compare(
+    out: Path, method: str, reference: str, *, resamples: int = 5000, seed: int = 0
+) -> dict[str, Difference]:
+    """{"iou": ..., "mba": ...} differences of `method` against `reference` over their common
+    images (for mBA, those whose truth has a boundary)."""
+    ours, ref = read_scores(out, method), read_scores(out, reference)
+    names = sorted(ours.keys() & ref.keys())
+    if not names:
+        raise ValueError(f"{method} and {reference} share no images")
+    bounded = [n for n in names if ref[n]["boundary_accuracy"] is not None]
+
+    def pick(scores: dict, key: str, keys: list[str]) -> np.ndarray:
+        return np.array([scores[n][key] for n in keys])
+
+    return {
+        "iou": paired_bootstrap(
+            pick(ours, "iou", names), pick(ref, "iou", names), resamples=resamples, seed=seed
+        ),
+        "mba": paired_bootstrap(
+            pick(ours, "boundary_accuracy", bounded),
+            pick(ref, "boundary_accuracy", bounded),
+            resamples=resamples,
+            seed=seed,
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m eval.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("out", help="the --out folder of a `python -m eval` run")
+    p.add_argument("--reference", default="airm", help="the method the others are compared to")
+    p.add_argument(
+        "--methods", default=None, help="comma-separated methods (default: every one in OUT)"
+    )
+    p.add_argument("--resamples", type=int, default=5000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.methods:
+        methods = args.methods.split(",")
+    else:
+        methods = sorted(d.name for d in out.iterdir() if (d / "scores.json").is_file())
+    methods = [m for m in methods if m != args.reference]
+    print(f"| method - {args.reference} | mean IoU (95% interval) | mBA (95% interval) |")
+    print("|---|---|---|")
+    for method in methods:
+        try:
+            d = compare(out, method, args.reference, resamples=args.resamples, seed=args.seed)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"| {method} | {d['iou']} | {d['mba']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
