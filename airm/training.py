@@ -59,6 +59,11 @@ class TrainConfig:
     # Fraction of crops centred far from every boundary, where refinement must keep the coarse
     # mask (without them the model invents foreground there when queried).
     far_fraction: float = 0.2
+    # Fraction of steps whose queried window lies anywhere in the crop, its borders included,
+    # rather than near its centre. Inference that queries every pixel of an encoded window
+    # (the coarsest scale is the whole image) asks near the window's borders too, where a model
+    # trained on central windows only invents foreground.
+    query_anywhere: float = 0.5
     # Fraction of items that paste another pair's object onto the photograph (copy-paste; off
     # until an equal-budget run shows it helps on val).
     paste_fraction: float = 0.0
@@ -139,6 +144,9 @@ def query_window(step: int, config: TrainConfig) -> tuple[int, int, int, int]:
     """(top, left, size, size) of the queried window at this step (deterministic per step)."""
     size = min(config.query_size, config.crop_size)
     rng = np.random.default_rng((config.seed, step, 7))
+    if config.query_anywhere and rng.random() < config.query_anywhere:
+        top, left = rng.integers(0, config.crop_size - size + 1, size=2)
+        return int(top), int(left), size, size
     centre, jitter = (config.crop_size - size) // 2, size // 4
     top, left = np.clip(
         centre + rng.integers(-jitter, jitter + 1, size=2), 0, config.crop_size - size

@@ -126,6 +126,20 @@ def test_paste_fraction_in_the_dataset(big_folder):
         RefinementDataset(pairs, paste_fraction=-0.1)
 
 
+def test_query_windows_reach_the_crop_borders_only_when_asked():
+    from airm.training import query_window
+
+    def tops(anywhere: float) -> np.ndarray:
+        config = TrainConfig(data=("x",), out="y", query_anywhere=anywhere)
+        return np.array([query_window(step, config)[:2] for step in range(300)])
+
+    central, anywhere = tops(0.0), tops(1.0)
+    assert central.min() >= 56 - 28 and central.max() <= 56 + 28  # 112 of 224, jittered
+    assert anywhere.min() == 0 and anywhere.max() == 224 - 112
+    half = tops(0.5)
+    assert 0.2 < ((half < 28) | (half > 84)).any(axis=1).mean() < 0.6
+
+
 def test_perturbation_reaches_its_target():
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:200, :200]

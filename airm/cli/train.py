@@ -38,6 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--far-fraction", type=float, default=None, help="fraction of crops far from boundaries"
     )
     p.add_argument(
+        "--query-anywhere",
+        type=float,
+        default=None,
+        help="fraction of steps whose queried window may touch the crop's borders",
+    )
+    p.add_argument(
         "--paste-fraction",
         type=float,
         default=None,
@@ -91,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         "query_size": args.query_size,
         "far_fraction": args.far_fraction,
         "paste_fraction": args.paste_fraction,
+        "query_anywhere": args.query_anywhere,
         "workers": args.workers,
         "precision": args.precision,
         "seed": args.seed,
