@@ -161,18 +161,25 @@ def test_opencv_and_pooling_bands_are_the_same(band):
     assert not _near_boundary_cv2(binary, band)[1, 0, :, 0].any()
 
 
-@pytest.mark.parametrize(("height", "width"), [(100, 130), (80, 81), (700, 1200)])
-def test_tiles_cover_the_image_and_windows_hold_their_pixels_with_context(height, width):
-    from airm.inference import TileGrid
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "context"),
+    [(100, 130, 48, 16), (80, 81, 48, 16), (700, 1200, 48, 16), (700, 1200, 300, 40)],
+)
+def test_tiles_cover_the_image_and_windows_hold_their_pixels_with_context(
+    height, width, tile, context
+):
+    from airm.inference import WINDOW_STEP, TileGrid
 
-    grid = TileGrid.plan(height, width, tile_size=48, context=16)
+    grid = TileGrid.plan(height, width, tile_size=tile, context=context)
     rows, cols = grid.shape
     covered = np.zeros((height, width), int)
     rng = np.random.default_rng(0)
     boxes = []
     for index in range(rows * cols):
         top, bottom, left, right = grid.tile_box(index)
-        assert bottom - top <= max(48, min(height, 80)) and right - left <= max(48, min(width, 80))
+        assert bottom - top <= max(tile, min(height, tile + 2 * context)) and right - left <= max(
+            tile, min(width, tile + 2 * context)
+        )
         covered[top:bottom, left:right] += 1
         # queried pixels somewhere inside the tile
         y0, x0 = rng.integers(top, bottom), rng.integers(left, right)
@@ -180,13 +187,16 @@ def test_tiles_cover_the_image_and_windows_hold_their_pixels_with_context(height
     assert (covered == 1).all()
     for group in (boxes[:1], boxes[:3], boxes):
         origins, (wh, ww) = grid.windows(group)
-        assert wh % 32 == 0 or wh == height
-        assert ww % 32 == 0 or ww == width
-        assert wh <= min(height, 48 + 32 + 31) and ww <= min(width, 48 + 32 + 31)
+        # a multiple of the window step, unless capped by the image or by the tile's window
+        assert wh % WINDOW_STEP == 0 or wh == min(height, grid.tile[0] + 2 * context)
+        assert ww % WINDOW_STEP == 0 or ww == min(width, grid.tile[1] + 2 * context)
+        assert wh <= min(height, grid.tile[0] + 2 * context) and ww <= min(
+            width, grid.tile[1] + 2 * context
+        )
         for (top, bottom, left, right), (y, x) in zip(group, origins, strict=True):
             assert 0 <= y and y + wh <= height and 0 <= x and x + ww <= width
-            assert y <= max(0, top - 16) and min(height, bottom + 16) <= y + wh
-            assert x <= max(0, left - 16) and min(width, right + 16) <= x + ww
+            assert y <= max(0, top - context) and min(height, bottom + context) <= y + wh
+            assert x <= max(0, left - context) and min(width, right + context) <= x + ww
 
 
 @pytest.mark.parametrize("band", [3, None])
