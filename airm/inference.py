@@ -245,9 +245,9 @@ def refine_at_scale(
     precision: "float32", "bfloat16", "float16", or "auto" (bfloat16 on CUDA, else float32).
     Returns the new (1, 1, h, w) probabilities; unqueried pixels keep `prob`.
 
-    The host waits for the device twice a call (for the number of queried pixels and for
-    their count per tile); gathering the queried pixels, batching the windows and scattering
-    the results all stay on the device.
+    The host waits for the device twice a call (for the number of queried pixels, and for
+    their count and bounds per tile); gathering the queried pixels, batching the windows and
+    scattering the results all stay on the device.
     """
     h, w = image.shape[-2:]
     if band is None:
