@@ -384,7 +384,10 @@ def run_folders(settings: Settings, args: argparse.Namespace) -> int:
             job, reading = reads.popleft()
             read_next()
             loaded = reading.result()
-            refined = loaded if loaded.error else log.call(refine_loaded, settings, loaded.value)
+            if loaded.error:
+                finish(job, loaded)
+                continue
+            refined = log.call(refine_loaded, settings, loaded.value)
             if refined.error:
                 finish(job, Outcome(None, loaded.notes + refined.notes, refined.error))
                 continue
