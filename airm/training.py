@@ -157,7 +157,8 @@ def query_window(step: int, config: TrainConfig) -> tuple[int, int, int, int]:
 def loader_workers(config: TrainConfig, world: int) -> int:
     if config.workers is not None:
         return config.workers
-    return max(1, len(os.sched_getaffinity(0)) // world)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // world)
 
 
 def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -274,13 +275,14 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
         start_step=start,
         iterations=min(config.iterations, stop_at or config.iterations),
     )
+    workers = loader_workers(config, world)
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
-        num_workers=loader_workers(config, world),
+        num_workers=workers,
         persistent_workers=False,
         pin_memory=device.type == "cuda",
-        prefetch_factor=4 if loader_workers(config, world) > 0 else None,
+        prefetch_factor=4 if workers > 0 else None,
     )
     val_pairs = _spread(find_pairs(config.val), config.val_limit) if config.val else []
     val_pairs = [p for p in val_pairs if p.coarse is not None]
