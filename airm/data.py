@@ -62,6 +62,14 @@ def find_pairs(root: str | os.PathLike) -> list[Pair]:
     return [dataclasses.replace(p, source=sources.get(p.name, p.name.split("-")[0])) for p in pairs]
 
 
+def spread_pairs(pairs: list[Pair], limit: int | None) -> list[Pair]:
+    """`limit` pairs evenly spread over the list (all of them without a limit)."""
+    if limit is None or limit >= len(pairs):
+        return pairs
+    picks = np.linspace(0, len(pairs) - 1, limit).round().astype(int)
+    return [pairs[i] for i in picks]
+
+
 def _manifest_sources(root: Path) -> dict[str, str]:
     """name -> source from a `manifest.json` list of {"name", "source", ...}, if there is one."""
     path = root / "manifest.json"

@@ -116,7 +116,8 @@ def as_float(image: torch.Tensor) -> torch.Tensor:
     return image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, h, w) as each scale's inputs are resized: bilinear, antialiased."""
     if tuple(x.shape[-2:]) == size:
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
@@ -364,8 +365,8 @@ def refine_probability(
     for i, size in enumerate(scale_sizes(height, width, options)):
         prob = refine_at_scale(
             model,
-            _resize(image, size),
-            _resize(prob, size).clamp(0, 1),
+            resize(image, size),
+            resize(prob, size).clamp(0, 1),
             band=options.first_band if i == 0 else options.band,
             uncertain=options.uncertain,
             chunk_size=options.chunk_size or (2**20 if image.is_cuda else 16384),

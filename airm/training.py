@@ -29,8 +29,8 @@ from tqdm import tqdm
 from airm.build import VARIANTS, build_model
 from airm.checkpoint import load_weights, save_model
 from airm.config import ModelConfig
-from airm.data import Pair, RefinementDataset, find_pairs
-from airm.inference import InferenceOptions
+from airm.data import Pair, RefinementDataset, find_pairs, spread_pairs
+from airm.inference import InferenceOptions, autocast_dtype
 from airm.io import atomic_write, read_image
 from airm.losses import LossWeights, refinement_losses
 from airm.pretrained import load_encoder_rgb_weights
@@ -161,13 +161,11 @@ def loader_workers(config: TrainConfig, world: int) -> int:
     return max(1, (cores or 1) // world)
 
 
-def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+def training_autocast(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """bfloat16 or None (float32); float16 would need a loss scaler, and is not offered."""
     if config.precision not in ("auto", "float32", "bfloat16"):
         raise ValueError(f"precision must be auto, float32 or bfloat16, got {config.precision!r}")
-    if config.precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return torch.bfloat16 if config.precision == "bfloat16" else None
+    return autocast_dtype(device, config.precision)
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -185,13 +183,6 @@ def validate(model: torch.nn.Module, pairs: list[Pair], device: torch.device) ->
     scores = {"coarse": score_pairs(pairs, read_coarse), "refined": score_pairs(pairs, refine)}
     model.train(was_training)
     return {name: {k: v for k, v in s.items() if k != "images"} for name, s in scores.items()}
-
-
-def _spread(pairs: list[Pair], limit: int | None) -> list[Pair]:
-    if limit is None or limit >= len(pairs):
-        return pairs
-    picks = np.linspace(0, len(pairs) - 1, limit).round().astype(int)
-    return [pairs[i] for i in picks]
 
 
 def save_training_state(
@@ -240,7 +231,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
         load_encoder_rgb_weights(model, config.encoder_weights)
     if config.init and not resume:
         load_weights(model, config.init)
-    autocast = autocast_dtype(config, device)
+    autocast = training_autocast(config, device)
     # Channels-last convolutions are the fast ones on GPUs (and for oneDNN on CPUs).
     model.to(device=device, memory_format=torch.channels_last).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -284,7 +275,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers > 0 else None,
     )
-    val_pairs = _spread(find_pairs(config.val), config.val_limit) if config.val else []
+    val_pairs = spread_pairs(find_pairs(config.val), config.val_limit) if config.val else []
     val_pairs = [p for p in val_pairs if p.coarse is not None]
     log_path = out / "log.jsonl"
     if rank == 0 and not resume:

@@ -45,18 +45,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 if __package__ in (None, ""):  # `python eval/modulation.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from airm.data import Pair, find_pairs  # noqa: E402
+from airm.data import Pair, find_pairs, spread_pairs  # noqa: E402
 from airm.inference import (  # noqa: E402
     InferenceOptions,
     TileGrid,
     as_float,
     boundary_band,
+    resize,
     scale_sizes,
 )
 from airm.modeling.airm import AIRM  # noqa: E402
@@ -160,13 +160,6 @@ def encode_modulation(
         model.encode(as_float(image), mask)
     (modulation,) = recorder.records
     return modulation
-
-
-def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(1, C, H, W) -> (1, C, h, w), resized as `airm.inference` resizes a scale's inputs."""
-    if tuple(x.shape[-2:]) == size:
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def image_tensors(image: np.ndarray, coarse: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -394,14 +387,6 @@ def evaluate(
     }
 
 
-def spread(pairs: list[Pair], limit: int | None) -> list[Pair]:
-    """`limit` pairs evenly spread over the sorted list (all of them without a limit)."""
-    if limit is None or limit >= len(pairs):
-        return pairs
-    picks = np.linspace(0, len(pairs) - 1, limit).round().astype(int)
-    return [pairs[i] for i in picks]
-
-
 def layer_table(layers: list[LayerStats], images: list[Variation], tiles: list[Variation]) -> str:
     head = (
         "| layer | out x in | mean abs(g-1) | std abs(g-1) | saturated % | mean abs(db) "
@@ -510,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    pairs = spread(pairs, args.limit)
+    pairs = spread_pairs(pairs, args.limit)
     if len(pairs) < 2:
         print(f"error: need at least 2 pairs with a _seg.png in {args.data}", file=sys.stderr)
         return 2
