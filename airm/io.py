@@ -103,8 +103,12 @@ def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path)
-            check_size(image.height, image.width, max_pixels, str(path))
-            image.load()  # decode now, so that truncated files fail here
+            try:
+                check_size(image.height, image.width, max_pixels, str(path))
+                image.load()  # decode now, so that truncated files fail here
+            except BaseException:
+                image.close()  # a refused or broken file is not left open
+                raise
             return ImageOps.exif_transpose(image)
     except InputError:
         raise
