@@ -243,21 +243,10 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def attempt(settings: Settings, job: Job, *, reuse_output: bool = False) -> tuple[list[str], str]:
-    """Refine one pair (see `refine_pair`): (its warnings, its error or ""), each one line."""
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            refine_pair(settings, job, reuse_output=reuse_output)
-    except PAIR_ERRORS as e:
-        return [], _one_line(e)
-    return [_one_line(w.message) for w in caught], ""
-
-
 class ThreadWarnings:
-    """Warnings, kept apart by the thread that raised them, while threads read and write pairs
-    beside the refinement. `warnings.catch_warnings` is not thread-safe, so this context is
-    entered once around all the threads instead of once per pair."""
+    """Warnings, kept apart by the thread that raised them (threads read and write pairs beside
+    the refinement in folder mode). `warnings.catch_warnings` is not thread-safe, so this
+    context is entered once around all the threads instead of once per pair."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -429,11 +418,13 @@ def run(args: argparse.Namespace) -> int:
     overlay = Path(args.overlay) if args.overlay is not None else None
     job = Job(Path(args.image), Path(args.coarse), Path(args.out), overlay)
     start = time.perf_counter()
-    notes, error = attempt(settings, job)
+    with ThreadWarnings() as log:
+        outcome = log.call(refine_pair, settings, job)
     seconds = time.perf_counter() - start  # reading, refining and writing; not model loading
-    for line in [f"warning: {note}" for note in notes] + [f"error: {error}"] * bool(error):
+    lines = [f"warning: {note}" for note in outcome.notes]
+    for line in lines + [f"error: {outcome.error}"] * bool(outcome.error):
         print(line, file=sys.stderr)
-    if error:
+    if outcome.error:
         return 1
     if not args.quiet:
         with Image.open(job.out) as written:  # reads the header only
