@@ -72,7 +72,7 @@ class Refiner:
         prob = self.refine_torch(image_t, torch.from_numpy(mask))[0].cpu().numpy()
         if soft:
             return prob
-        return np.where(prob > 0.5, 255, 0).astype(np.uint8)
+        return np.multiply(prob > 0.5, 255, dtype=np.uint8)
 
     def refine_labels(
         self,

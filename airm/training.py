@@ -162,9 +162,13 @@ def loader_workers(config: TrainConfig, world: int) -> int:
 
 
 def training_autocast(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bfloat16 or None (float32); float16 would need a loss scaler, and is not offered."""
+    """bfloat16 or None (float32); float16 would need a loss scaler, and is not offered.
+    "auto" is bfloat16 on CUDA only: on a CPU training stays float32 even where inference
+    runs bfloat16, as no CPU run has measured what bfloat16 does to training there."""
     if config.precision not in ("auto", "float32", "bfloat16"):
         raise ValueError(f"precision must be auto, float32 or bfloat16, got {config.precision!r}")
+    if config.precision == "auto" and device.type != "cuda":
+        return None
     return autocast_dtype(device, config.precision)
 
 

@@ -37,9 +37,9 @@ BASELINES = {
 }
 CLASSICAL = ("cascadepsp", "guided_filter", "dense_crf")
 # The shipped model (or airm=PATH) under each inference mode.
-AIRM_OPTIONS: dict[str, Callable[[], InferenceOptions]] = {
+AIRM_OPTIONS: dict[str, Callable[..., InferenceOptions]] = {
     "airm": InferenceOptions,
-    "airm_untiled": lambda: InferenceOptions(tile_size=None),
+    "airm_untiled": lambda **fields: InferenceOptions(tile_size=None, **fields),
     "airm_exhaustive": InferenceOptions.exhaustive,
 }
 CASCADEPSP_FOLDER = Path("~/.segmentation-refinement").expanduser()
@@ -60,15 +60,19 @@ def build_method(
     checkpoints: dict[str, Path] | None = None,
     device: str | None = None,
     cascadepsp_folder: Path | None = None,
+    precision: str = "auto",
 ) -> RefineFn:
-    """The refine function of method `name` (see the module docstring)."""
+    """The refine function of method `name` (see the module docstring); airm models run at
+    `precision` (`InferenceOptions.precision`)."""
     checkpoints = checkpoints or {}
     if name == "coarse":
         return _coarse
     if name in AIRM_OPTIONS:
-        return _airm(checkpoints.get("airm"), device, AIRM_OPTIONS[name]())
+        options = AIRM_OPTIONS[name](precision=precision)
+        return _airm(checkpoints.get("airm"), device, options)
     if name in checkpoints or name in BASELINES:
-        return _airm(checkpoints.get(name) or BASELINES[name], device, InferenceOptions())
+        options = InferenceOptions(precision=precision)
+        return _airm(checkpoints.get(name) or BASELINES[name], device, options)
     if name == "cascadepsp":
         return _cascadepsp(cascadepsp_folder or CASCADEPSP_FOLDER, device)
     if name == "guided_filter":

@@ -15,8 +15,9 @@ script measures, on a checkpoint and a BIG-layout folder:
    the std across images (tiles) of each gate entry, averaged over entries, that std relative
    to the mean |g - 1|, and the relative change of the effective weight W * g from the mean
    one, ||W (g_i - mean g)|| / ||W mean g||, averaged over images (tiles);
-3. what refinement scores (pooled IoU, mean IoU, mBA; `airm.scoring`, default
-   `InferenceOptions()`) when the modulation is replaced by a fixed one. The refiner's model
+3. what refinement scores (pooled IoU, mean IoU, mBA; `airm.scoring`, default options in
+   float32, so that a fixed modulation computed in float32 reproduces the trained
+   hypernetwork's exactly) when the modulation is replaced by a fixed one. The refiner's model
    (the inference copy, batchnorm folded) gets a `FixedModulation` for its hypernetwork, which
    every tile at every scale then uses:
    - own: the trained hypernetwork, a modulation per encoded window (the baseline);
@@ -499,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(pairs) < 2:
         print(f"error: need at least 2 pairs with a _seg.png in {args.data}", file=sys.stderr)
         return 2
-    options = InferenceOptions()
+    options = InferenceOptions(precision="float32")  # the modulations are computed in float32
     refiner = Refiner(model, device=args.device, options=options, max_pixels=None)
     inference_model = refiner.model  # what refinement runs: batchnorm folded
 

@@ -4,7 +4,14 @@ import torch
 
 import airm
 from airm import InferenceOptions, InputError, Refiner
-from airm.inference import boundary_band, refine_at_scale, refine_probability, scale_sizes
+from airm.inference import (
+    autocast_dtype,
+    boundary_band,
+    native_bfloat16,
+    refine_at_scale,
+    refine_probability,
+    scale_sizes,
+)
 
 from conftest import disc_pair, tiny_model
 
@@ -64,7 +71,9 @@ def test_pixel_limit(refiner):
 def test_single_full_scale_equals_the_network():
     model = tiny_model("airm_mit_b0")
     image, mask = torch.rand(1, 3, 64, 96), torch.rand(1, 1, 64, 96)
-    options = InferenceOptions(scales=(1.0,), band=None, first_band=None, min_size=1)
+    options = InferenceOptions(
+        scales=(1.0,), band=None, first_band=None, min_size=1, precision="float32"
+    )
     with torch.no_grad():
         direct = torch.sigmoid(model(image, mask).logits)
     assert torch.allclose(refine_probability(model, image, mask, options), direct, atol=1e-6)
@@ -235,11 +244,23 @@ def test_tiles_whose_windows_are_the_whole_image_give_the_untiled_result():
 
 
 def test_half_precision_agrees_with_float32_with_the_shipped_model():
-    """bfloat16 is what GPUs run by default; the CPU checks the same arithmetic here."""
+    """bfloat16 is what GPUs (and CPUs that compute it natively) run by default."""
     image, coarse = disc_pair(300, 420, seed=2)
     refiner = airm.get_refiner(device="cpu")
-    full = refiner.refine(image, coarse) > 127
+    full = refiner.with_options(InferenceOptions(precision="float32")).refine(image, coarse) > 127
     half = refiner.with_options(InferenceOptions(precision="bfloat16")).refine(image, coarse) > 127
     assert (full == half).mean() >= 0.999
     with pytest.raises(ValueError, match="precision"):
         InferenceOptions(precision="float8")
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precision_is_bfloat16_only_where_the_hardware_computes_it(monkeypatch, native):
+    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, check, lambda: native, raising=False)
+    cpu = torch.device("cpu")
+    assert native_bfloat16(cpu) is native
+    assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if native else None)
+    assert autocast_dtype(torch.device("cuda"), "auto") == torch.bfloat16
+    assert autocast_dtype(cpu, "float32") is None
+    assert autocast_dtype(cpu, "bfloat16") == torch.bfloat16

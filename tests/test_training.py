@@ -13,7 +13,7 @@ from airm import load_model
 from airm.data import RefinementDataset, find_pairs
 from airm.losses import LossWeights, affinity_labels, refinement_losses
 from airm.perturb import perturb_mask
-from airm.training import StepSampler, TrainConfig, train
+from airm.training import StepSampler, TrainConfig, train, training_autocast
 
 from conftest import TINY, disc_pair
 
@@ -200,6 +200,16 @@ def test_bfloat16_training_learns_and_resumes_exactly(big_folder, tmp_path):
     assert any(not torch.equal(a[k], start[k]) for k in a)
     with pytest.raises(ValueError, match="precision"):
         train(config(tmp_path / "d", precision="float16"))
+
+
+def test_auto_precision_trains_in_float32_on_any_cpu(monkeypatch):
+    """Inference runs bfloat16 on CPUs that compute it natively; training does not follow."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    config = TrainConfig(data=("data",), out="out")
+    assert training_autocast(config, torch.device("cpu")) is None
+    assert training_autocast(config, torch.device("cuda")) == torch.bfloat16
+    bf16 = TrainConfig(data=("data",), out="out", precision="bfloat16")
+    assert training_autocast(bf16, torch.device("cpu")) == torch.bfloat16
 
 
 def test_validation_is_logged(big_folder, tmp_path):

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from airm.api import ModelNotFoundError, get_refiner
 from airm.checkpoint import CheckpointError
 from airm.data import IMAGE_SUFFIXES
-from airm.inference import InferenceOptions
+from airm.inference import PRECISIONS, InferenceOptions
 from airm.io import (
     DEFAULT_MAX_PIXELS,
     InputError,
@@ -86,6 +86,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: shipped model)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0")
     p.add_argument("--scales", default=None, help="comma-separated scales, e.g. 0.125,0.25,0.5,1")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", *PRECISIONS],
+        help="the network's arithmetic (default auto: bfloat16 on GPUs and on CPUs that compute "
+        "it natively, else float32)",
+    )
     p.add_argument(
         "--max-pixels",
         type=int,
@@ -228,7 +235,7 @@ def save_pair(settings: Settings, job: Job, loaded: Loaded, refined: np.ndarray)
         elif settings.soft:
             write_mask(job.out, (np.clip(refined, 0, 1) * 255).round().astype(np.uint8))
         else:
-            write_mask(job.out, np.where(refined > 0.5, 255, 0).astype(np.uint8))
+            write_mask(job.out, np.multiply(refined > 0.5, 255, dtype=np.uint8))
     if job.overlay is not None:
         write_picture(job.overlay, draw_overlay(loaded.image, refined, loaded.coarse))
 
@@ -318,7 +325,7 @@ def _make_settings(args: argparse.Namespace) -> Settings:
     scales = {"scales": tuple(float(s) for s in args.scales.split(","))} if args.scales else {}
     base = get_refiner(args.checkpoint, args.device)
     refiner = base.with_options(
-        InferenceOptions(**scales),
+        InferenceOptions(**scales, precision=args.precision),
         max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
     )
     return Settings(refiner, soft=args.soft, labels=args.labels, ignore_label=args.ignore_label)
