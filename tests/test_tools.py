@@ -1,0 +1,61 @@
+import json
+import tarfile
+
+import numpy as np
+from PIL import Image
+
+from airm.data import find_pairs
+from airm.io import read_image, read_mask
+from tools.pack_data import main, pack
+
+from conftest import disc_pair
+
+
+def big_folder(root, sizes, *, coarse=False):
+    root.mkdir()
+    for i, (height, width) in enumerate(sizes):
+        image, mask = disc_pair(height, width, seed=i)
+        image = image.copy()
+        image += np.random.default_rng(i).integers(0, 60, image.shape, dtype=np.uint8)  # noisy
+        Image.fromarray(image).save(root / f"pair{i}_im.jpg", quality=95)
+        Image.fromarray(mask).save(root / f"pair{i}_gt.png")
+        if coarse:
+            Image.fromarray(255 - mask).save(root / f"pair{i}_seg.png")
+    names = [{"name": f"pair{i}", "source": "made"} for i in range(len(sizes))]
+    (root / "manifest.json").write_text(json.dumps(names))
+
+
+def unpack(parts, dest):
+    dest.mkdir()
+    for part in parts:
+        with tarfile.open(part) as tar:
+            tar.extractall(dest, filter="data")
+    return find_pairs(dest)
+
+
+def test_packed_parts_hold_every_pair_shrunk_and_stay_under_the_limit(tmp_path):
+    sizes = [(900, 1200), (300, 200), (640, 480), (1000, 500), (700, 700)]
+    big_folder(tmp_path / "data", sizes, coarse=True)
+    parts = pack(tmp_path / "data", tmp_path / "parts", max_side=400, quality=80, part_mb=0.12)
+    assert len(parts) > 1
+    assert all(part.stat().st_size <= 0.12 * 2**20 for part in parts)
+    pairs = unpack(parts, tmp_path / "out")
+    assert [p.name for p in pairs] == [f"pair{i}" for i in range(len(sizes))]
+    for pair, (height, width) in zip(pairs, sizes, strict=True):
+        assert pair.source == "made" and pair.coarse is not None
+        image = read_image(pair.image)
+        scale = min(1.0, 400 / max(height, width))
+        assert image.shape == (round(height * scale), round(width * scale), 3)
+        for path in (pair.mask, pair.coarse):
+            mask = read_mask(path)
+            assert mask.shape == image.shape[:2]
+            assert set(np.unique(mask)) <= {0.0, 1.0}
+    truth = read_mask(pairs[1].mask)  # 300 x 200: kept at its size, so exactly the original
+    assert np.array_equal(truth, read_mask(tmp_path / "data" / "pair1_gt.png"))
+
+
+def test_a_pair_larger_than_a_part_is_an_error(tmp_path, capsys):
+    big_folder(tmp_path / "data", [(600, 800)])
+    assert main([str(tmp_path / "data"), str(tmp_path / "parts"), "--part-mb", "0.01"]) == 2
+    assert "needs more than" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing"), str(tmp_path / "parts")]) == 2

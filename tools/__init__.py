@@ -1,0 +1,1 @@
+"""Tools for working on airm itself (not installed with the package)."""
