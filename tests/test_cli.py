@@ -39,6 +39,22 @@ def test_single_pair(tmp_path, tiny_checkpoint):
     assert mask.shape == (48, 64) and set(np.unique(mask)) <= {0, 255}
 
 
+def test_precision_flag_reaches_the_refiner(tmp_path, tiny_checkpoint, monkeypatch):
+    from airm.cli import refine as cli
+
+    seen = []
+    make_settings = cli._make_settings
+    monkeypatch.setattr(cli, "_make_settings", lambda a: seen.append(make_settings(a)) or seen[-1])
+    write_pair(tmp_path, "a")
+    pair = cli_args(tmp_path / "a.jpg", tmp_path / "a.png", tmp_path / "o.png")
+    flags = ["--checkpoint", str(tiny_checkpoint), *FAST]
+    assert main([*pair, *flags, "--precision", "float32"]) == 0
+    assert main([*pair, *flags]) == 0
+    assert [s.refiner.options.precision for s in seen] == ["float32", "auto"]
+    with pytest.raises(SystemExit):
+        main([*pair, *flags, "--precision", "float8"])
+
+
 def test_one_pair_reports_one_line_unless_quiet(tmp_path, tiny_checkpoint, capsys):
     write_pair(tmp_path, "a")
     out = tmp_path / "out.png"
