@@ -31,6 +31,14 @@ script measures, on a checkpoint and a BIG-layout folder:
    pixels and of the pixels the baseline changed from the coarse mask.
 If swap and mean score as own does, the modulation carries no per-image information that
 refinement uses; own_fixed against own says the same of per-window (tile, scale) information.
+
+4. where the per-image information goes missing: the hypernetwork ends in a linear head,
+   head(h) = W h + b, on a vector h pooled from the window's features. Over the images (their
+   first-scale windows): how much h varies, mean ||h_i - mean h|| / ||mean h||, and per layer
+   of f, the part of the head's output (that layer's A, B and db) that varies with the image,
+   mean ||W (h_i - mean h)||, against the part every image gets, ||W mean h + b||, of which
+   ||b|| comes from the bias. A small ratio with a varying h means the head ignores the image;
+   a small ratio with a nearly constant h means the pooled input carries little to adapt to.
 """
 
 from __future__ import annotations
@@ -68,15 +76,24 @@ SATURATED = (0.05, 1.95)  # gates this close to sigma's bounds 0 and 2
 
 
 class RecordingHypernetwork(nn.Module):
-    """Wraps a hypernetwork and keeps every modulation it returns, in call order."""
+    """Wraps a hypernetwork and keeps every modulation it returns, in call order, and the
+    input of its linear head (`Hypernetwork.head`) for each call."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
         self.records: list[list[LayerModulation]] = []
+        self.head_inputs: list[torch.Tensor] = []
 
     def forward(self, features: torch.Tensor) -> list[LayerModulation]:
-        out = self.inner(features)
+        def keep(_module, args, _out):
+            self.head_inputs.append(args[0].detach())
+
+        hook = self.inner.head.register_forward_hook(keep)
+        try:
+            out = self.inner(features)
+        finally:
+            hook.remove()
         self.records.append(out)
         return out
 
@@ -147,12 +164,13 @@ def substituted(model: AIRM, hypernetwork: nn.Module | None) -> Iterator[AIRM]:
 
 @torch.no_grad()
 def encode_modulation(
-    model: AIRM, image: torch.Tensor, mask: torch.Tensor
+    model: AIRM, image: torch.Tensor, mask: torch.Tensor, *, head_inputs: list | None = None
 ) -> list[LayerModulation]:
     """The modulation `model.encode` computes for one window, as inference encodes it.
 
     image: (1, 3, h, w) uint8 RGB or float RGB in [0, 1]; mask: (1, 1, h, w) in [0, 1].
-    Returns one LayerModulation per layer of f, batch size 1.
+    Returns one LayerModulation per layer of f, batch size 1; appends the hypernetwork head's
+    input (1, hidden) to `head_inputs` when it is given.
     """
     if model.hypernetwork is None:
         raise ValueError("the model has no hypernetwork (SIRMF or CRM): there is no modulation")
@@ -160,6 +178,8 @@ def encode_modulation(
     with substituted(model, recorder):
         model.encode(as_float(image), mask)
     (modulation,) = recorder.records
+    if head_inputs is not None:
+        head_inputs.extend(recorder.head_inputs)
     return modulation
 
 
@@ -170,7 +190,12 @@ def image_tensors(image: np.ndarray, coarse: np.ndarray) -> tuple[torch.Tensor, 
 
 
 def first_scale_modulation(
-    model: AIRM, image: torch.Tensor, mask: torch.Tensor, options: InferenceOptions
+    model: AIRM,
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    options: InferenceOptions,
+    *,
+    head_inputs: list | None = None,
 ) -> list[LayerModulation]:
     """The modulation of the whole image at the first scale inference refines at.
 
@@ -181,7 +206,10 @@ def first_scale_modulation(
     device = next(model.parameters()).device
     size = scale_sizes(*image.shape[-2:], options)[0]
     return encode_modulation(
-        model, resize(image, size).to(device), resize(mask, size).clamp(0, 1).to(device)
+        model,
+        resize(image, size).to(device),
+        resize(mask, size).clamp(0, 1).to(device),
+        head_inputs=head_inputs,
     )
 
 
@@ -295,6 +323,53 @@ def variation(gates: torch.Tensor, shifts: torch.Tensor, weight: torch.Tensor) -
         weight_change=float(change.mean()),
         bias_std=float(shifts.std(0, correction=0).mean()),
     )
+
+
+@dataclass(frozen=True)
+class HeadUsage:
+    """How the hypernetwork's head, W h + b, makes one layer's factors (A, B, db) over N
+    images: the part that varies with the image against the part they all get."""
+
+    layer: int
+    varying: float  # mean over images of ||W (h_i - mean h)||
+    shared: float  # ||W mean h + b||
+    bias: float  # ||b||, the head bias's share of `shared`
+    ratio: float  # varying / shared
+
+
+def head_usage(
+    inputs: torch.Tensor, head: nn.Linear, sizes: list[int]
+) -> tuple[float, list[HeadUsage]]:
+    """inputs (N, hidden): the head's input per image; sizes: the head's outputs per layer of
+    f, in order. Returns mean ||h_i - mean h|| / ||mean h||, and one HeadUsage per layer."""
+    h = inputs.double().cpu()
+    mean = h.mean(0)
+    spread = float(((h - mean).norm(dim=1) / mean.norm().clamp_min(1e-12)).mean())
+    usage = []
+    weights = head.weight.detach().double().cpu().split(sizes)
+    biases = head.bias.detach().double().cpu().split(sizes)
+    for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        varying = float(((h - mean) @ w.T).norm(dim=1).mean())
+        shared = float((w @ mean + b).norm())
+        ratio = varying / shared if shared > 0 else float("nan")
+        usage.append(HeadUsage(layer, varying, shared, float(b.norm()), ratio))
+    return spread, usage
+
+
+def head_table(spread: float, usage: list[HeadUsage], n: int) -> str:
+    rows = [
+        f"the head's input h over {n} images: mean norm(h_i - mean h) / norm(mean h) = "
+        f"{spread:.3f}",
+        "",
+        "| layer | varying: mean norm(W (h_i - mean h)) | shared: norm(W mean h + b) "
+        "| of it norm(b) | varying / shared |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    for u in usage:
+        rows.append(
+            f"| {u.layer} | {u.varying:.3f} | {u.shared:.3f} | {u.bias:.3f} | {u.ratio:.3f} |"
+        )
+    return "\n".join(rows)
 
 
 def mean_modulation(modulations: list[list[LayerModulation]]) -> FixedModulation:
@@ -505,10 +580,12 @@ def main(argv: list[str] | None = None) -> int:
     inference_model = refiner.model  # what refinement runs: batchnorm folded
 
     # 1, 2: every image at its first scale, and the tiles of one image at full resolution.
-    first, sizes = [], []
+    first, sizes, head_inputs = [], [], []
     for pair in pairs:
         image, mask = image_tensors(read_image(pair.image, max_pixels=None), read_coarse(pair))
-        first.append(first_scale_modulation(inference_model, image, mask, options))
+        first.append(
+            first_scale_modulation(inference_model, image, mask, options, head_inputs=head_inputs)
+        )
         sizes.append(image.shape[-2] * image.shape[-1])
     names = [p.name for p in pairs]
     if args.tile_image is None:
@@ -548,6 +625,9 @@ def main(argv: list[str] | None = None) -> int:
         "px context hold the coarse mask's boundary band (the ones inference encodes)\n"
     )
     print(layer_table(layers, over_images, over_tiles))
+    hypernetwork = inference_model.hypernetwork
+    spread, usage = head_usage(torch.cat(head_inputs), hypernetwork.head, hypernetwork.sizes)
+    print("\n" + head_table(spread, usage, len(pairs)))
     result = {
         "checkpoint": str(path),
         "data": str(args.data),
@@ -557,6 +637,8 @@ def main(argv: list[str] | None = None) -> int:
         "over_images": [dataclasses.asdict(v) for v in over_images],
         "over_tiles": [dataclasses.asdict(v) for v in over_tiles],
         "over_all_tiles": [dataclasses.asdict(v) for v in over_all_tiles],
+        "head_input_spread": spread,
+        "head_usage": [dataclasses.asdict(u) for u in usage],
     }
 
     # 3: refinement under each substitution.

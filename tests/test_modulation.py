@@ -14,6 +14,7 @@ from eval.modulation import (
     FixedModulation,
     RecordingHypernetwork,
     first_scale_modulation,
+    head_usage,
     image_tensors,
     magnitude,
     main,
@@ -177,6 +178,34 @@ def test_cli_end_to_end(tmp_path, tiny_checkpoint, capsys):
     assert all(v["gate_std"] == 0.0 for v in result["over_images"])
     for mode in ("own", "own_fixed", "swap"):
         assert result["scores"][mode]["flipped"] == 0.0
+    assert result["head_input_spread"] > 0  # the images differ; the zero head ignores them
+    assert all(u["varying"] == 0.0 and u["ratio"] == 0.0 for u in result["head_usage"])
+
+
+def test_head_usage_on_known_values():
+    head = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+        head.bias.copy_(torch.tensor([0.0, 4.0, 2.0]))
+    inputs = torch.tensor([[1.0, 0.0], [3.0, 0.0]])  # mean (2, 0), deviations (-1, 0), (1, 0)
+    spread, (first, rest) = head_usage(inputs, head, [1, 2])
+    assert spread == pytest.approx(0.5)
+    assert (first.varying, first.shared, first.bias) == pytest.approx((1.0, 2.0, 0.0))
+    assert first.ratio == pytest.approx(0.5)
+    # The second layer's outputs ignore h's varying part: (0 h_2 + 4, 0 + 2).
+    assert (rest.varying, rest.shared, rest.bias) == pytest.approx((0.0, 20**0.5, 20**0.5))
+
+
+def test_the_recorded_head_input_is_what_the_head_sees():
+    model = modulated_model().eval()
+    image, mask = image_tensors(*disc_pair(64, 64))
+    inputs = []
+    options = InferenceOptions(min_size=32)
+    modulation = first_scale_modulation(model, image, mask / 255, options, head_inputs=inputs)
+    (h,) = inputs
+    flat = model.hypernetwork.head(h)
+    size = modulation[0].a.numel()
+    assert torch.allclose(flat[0, :size], modulation[0].a.flatten())
 
 
 def test_cli_refuses_a_model_without_hypernetwork(tmp_path, capsys):
