@@ -50,6 +50,7 @@ def build_model(config: ModelConfig | str, **overrides) -> AIRM:
             hidden_dim=config.hyper_dim,
             layer_shapes=implicit_function.layer_shapes,
             rank=config.rank,
+            input_norm=config.hyper_input_norm,
         )
         if config.modulation
         else None

@@ -231,6 +231,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
     torch.manual_seed(config.seed)
 
     model = build_model(config.variant, **dict(config.model_overrides))
+    if model.config.hyper_input_norm and config.batch_size < 2:
+        raise ValueError("hyper_input_norm standardises over the batch: batch_size must be >= 2")
     if config.encoder_weights and not resume:
         load_encoder_rgb_weights(model, config.encoder_weights)
     if config.init and not resume:

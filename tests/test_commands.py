@@ -243,3 +243,22 @@ def test_airm_train_writes_the_weights_of_the_variant_asked(tmp_path, capsys):
     assert airm_main([*argv, "--iterations", "0", *TINY_RUN]) == 0
     assert f"final weights: {out / 'final.safetensors'}" in capsys.readouterr().out
     assert airm.load_model(out / "final.safetensors").config == airm.VARIANTS["airm_mit_b0"]()
+
+
+def test_train_model_flags_change_the_model_config(tmp_path, capsys):
+    data, out = _training_folder(tmp_path / "data"), tmp_path / "run"
+    argv = ["train", "--data", str(data), "--out", str(out), *TINY_RUN, "--iterations", "1"]
+    flags = ["--model", "hyper_input_norm=true", "--model", "hidden_dims=[16,16]"]
+    assert airm_main([*argv, "--batch-size", "2", *flags]) == 0
+    config = airm.load_model(out / "final.safetensors").config
+    assert config.hyper_input_norm and config.hidden_dims == (16, 16)
+    assert config.rank == airm.VARIANTS["airm_efficientnet_lite0"]().rank
+    for bad, message in [
+        ("nope=1", "FIELD=VALUE with FIELD one of"),
+        ("rank", "FIELD=VALUE"),
+        ("rank=eight", "not JSON"),
+    ]:
+        assert airm_main([*argv, "--out", str(tmp_path / "bad"), "--model", bad]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        airm_main([*argv, "--out", str(tmp_path / "b1"), "--model", "hyper_input_norm=true"])

@@ -127,3 +127,24 @@ def test_inference_copy_keeps_the_function(variant):
     with torch.no_grad():
         expected, got = model(image, mask).logits, fast(image, mask).logits
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_hyper_input_norm_standardises_what_the_head_sees():
+    model = tiny_model("airm_efficientnet_lite0", hyper_input_norm=True).train()
+    seen = []
+    model.hypernetwork.head.register_forward_hook(lambda _m, args, _o: seen.append(args[0]))
+    image, mask = torch.rand(4, 3, 64, 64), (torch.rand(4, 1, 64, 64) > 0.5).float()
+    out = model(image, mask)
+    out.logits.mean().backward()
+    (h,) = seen
+    assert torch.allclose(h.mean(0), torch.zeros_like(h[0]), atol=1e-5)
+    var = h.var(0, correction=0)  # 1 up to batchnorm's epsilon; 0 where the unit is constant
+    assert (var > 0.9).any() and ((var > 0.9) & (var <= 1.0) | (var == 0)).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    # At inference the running statistics standardise; the batchnorm-folded copy agrees.
+    model.eval()
+    with torch.no_grad():
+        model.hypernetwork.head.weight.normal_(0.0, 0.5)  # an image-dependent modulation
+        expected = model(image[:1], mask[:1]).logits
+        got = inference_copy(model, torch.device("cpu"))(image[:1], mask[:1]).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

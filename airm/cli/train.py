@@ -7,9 +7,13 @@ Several (DDP): `torchrun --nproc_per_node N train.py ...` (NCCL on GPUs, gloo on
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
+import sys
 
 from airm.build import VARIANTS
+from airm.config import ModelConfig
 from airm.training import TrainConfig, train
 
 
@@ -57,6 +61,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         choices=["auto", "float32", "bfloat16"],
         help="arithmetic (default auto: bfloat16 autocast on CUDA, float32 elsewhere)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change a field of the variant's ModelConfig (repeatable; VALUE in JSON: "
+        "rank=8, hyper_input_norm=true, hidden_dims=[64,64])",
     )
     p.add_argument("--seed", type=int, default=None, help="seed of data order and augmentation")
     p.add_argument("--log-interval", type=int, default=None, help="steps between log lines")
@@ -106,13 +118,42 @@ def run(args: argparse.Namespace) -> int:
         "val_limit": args.val_limit,
         "checkpoint_interval": args.checkpoint_interval,
     }
+    try:
+        overrides = model_overrides(args.model)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     config = TrainConfig(
-        data=tuple(args.data), out=args.out, **{k: v for k, v in fields.items() if v is not None}
+        data=tuple(args.data),
+        out=args.out,
+        model_overrides=overrides,
+        **{k: v for k, v in fields.items() if v is not None},
     )
     final = train(config, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes the weights
         print(f"final weights: {final}")
     return 0
+
+
+def model_overrides(specs: list[str]) -> tuple[tuple[str, object], ...]:
+    """--model FIELD=VALUE flags -> ((field, value), ...); VALUE is JSON (lists become
+    tuples, as ModelConfig holds them). Unknown fields and unreadable values are a ValueError."""
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    overrides = []
+    for spec in specs:
+        name, sep, text = spec.partition("=")
+        if not sep or name not in known:
+            raise ValueError(
+                f"--model wants FIELD=VALUE with FIELD one of {sorted(known)}, got {spec!r}"
+            )
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise ValueError(
+                f"--model {spec!r}: the value is not JSON (e.g. 8, true, [64,64])"
+            ) from None
+        overrides.append((name, tuple(value) if isinstance(value, list) else value))
+    return tuple(overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

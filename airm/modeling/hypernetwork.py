@@ -28,7 +28,13 @@ class Hypernetwork(nn.Module):
     """psi: pixel features (B, C, h, w) -> one LayerModulation per layer of f."""
 
     def __init__(
-        self, *, feature_dim: int, hidden_dim: int, layer_shapes: list[tuple[int, int]], rank: int
+        self,
+        *,
+        feature_dim: int,
+        hidden_dim: int,
+        layer_shapes: list[tuple[int, int]],
+        rank: int,
+        input_norm: bool = False,
     ) -> None:
         super().__init__()
         self.layer_shapes = list(layer_shapes)
@@ -41,6 +47,8 @@ class Hypernetwork(nn.Module):
             nn.Linear(hidden_dim, hidden_dim),
             nn.ReLU(inplace=True),
         )
+        # The head's input standardised over the batch (`ModelConfig.hyper_input_norm`).
+        self.norm = nn.BatchNorm1d(hidden_dim, affine=False) if input_norm else nn.Identity()
         sizes = [rank * out + rank * inp + out for out, inp in self.layer_shapes]
         self.head = nn.Linear(hidden_dim, sum(sizes))
         nn.init.zeros_(self.head.weight)
@@ -53,7 +61,7 @@ class Hypernetwork(nn.Module):
         self.sizes = sizes
 
     def forward(self, features: torch.Tensor) -> list[LayerModulation]:
-        flat = self.head(self.body(features))  # (B, P)
+        flat = self.head(self.norm(self.body(features)))  # (B, P)
         batch = flat.shape[0]
         out: list[LayerModulation] = []
         for chunk, (o, i) in zip(flat.split(self.sizes, dim=1), self.layer_shapes, strict=True):
