@@ -27,6 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from airm.inference import PRECISIONS  # noqa: E402
 from eval.child import run_in_process  # noqa: E402
 from eval.methods import CASCADEPSP_FOLDER  # noqa: E402
 
@@ -75,7 +76,12 @@ def measure_airm(args: dict) -> dict:
     from airm.api import get_refiner
     from airm.inference import InferenceOptions
 
-    options = InferenceOptions.exhaustive() if args["exhaustive"] else InferenceOptions()
+    precision = args["precision"]
+    options = (
+        InferenceOptions.exhaustive(precision=precision)
+        if args["exhaustive"]
+        else InferenceOptions(precision=precision)
+    )
     refiner = get_refiner(args["checkpoint"], args["device"]).with_options(options, max_pixels=None)
     refiner.refine(*_load(args["image"], args["coarse"], (480, 720)))  # warm-up
     image, coarse = _load(args["image"], args["coarse"], tuple(args["size"]))
@@ -108,6 +114,7 @@ def measure_folder(args: dict) -> dict:
         flags = ["--image", str(root / "images"), "--coarse", str(root / "masks")]
         flags += ["--out", str(root / "out"), "--quiet"]
         flags += ["--checkpoint", args["checkpoint"]] if args["checkpoint"] else []
+        flags += ["--precision", args["precision"]]
         flags += ["--device", args["device"]] if args["device"] else []
         tic = time.perf_counter()
         status = run(parse_args(flags))
@@ -211,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         help="pairs in a folder refined by `airm refine` at --folder-size (0 to skip)",
     )
     p.add_argument("--folder-size", default="1164x1746", help="HxW of the folder's pairs")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", *PRECISIONS],
+        help="airm's arithmetic (default auto: bfloat16 on GPUs and on CPUs that compute it "
+        "natively, else float32)",
+    )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
@@ -225,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": device,
             "image": args.image,
             "coarse": args.coarse,
+            "precision": args.precision,
         }
         with tempfile.TemporaryDirectory() as tmp:
             for size in sizes:
