@@ -27,7 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from airm.inference import PRECISIONS  # noqa: E402
+from airm.cli.refine import add_precision_argument  # noqa: E402
 from eval.child import run_in_process  # noqa: E402
 from eval.methods import CASCADEPSP_FOLDER  # noqa: E402
 
@@ -218,13 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         help="pairs in a folder refined by `airm refine` at --folder-size (0 to skip)",
     )
     p.add_argument("--folder-size", default="1164x1746", help="HxW of the folder's pairs")
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", *PRECISIONS],
-        help="airm's arithmetic (default auto: bfloat16 on GPUs and on CPUs that compute it "
-        "natively, else float32)",
-    )
+    add_precision_argument(p)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]

@@ -27,8 +27,8 @@ from PIL import Image
 if __package__ in (None, ""):  # `python eval/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from airm.cli.refine import add_precision_argument  # noqa: E402
 from airm.data import Pair, find_pairs  # noqa: E402
-from airm.inference import PRECISIONS  # noqa: E402
 from airm.scoring import read_coarse, score_pairs  # noqa: E402
 from eval.child import run_in_process  # noqa: E402
 from eval.methods import (  # noqa: E402
@@ -221,13 +221,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"folder holding CascadePSP's `model` file (default {CASCADEPSP_FOLDER})",
     )
     p.add_argument("--device", default=None, help="torch device for the models")
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", *PRECISIONS],
-        help="arithmetic of the airm models (default auto: bfloat16 on GPUs and on CPUs that "
-        "compute it natively, else float32)",
-    )
+    add_precision_argument(p)
     p.add_argument("--limit", type=int, default=None, help="score only the first N pairs")
     p.add_argument(
         "--overlays",

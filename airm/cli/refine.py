@@ -86,13 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: shipped model)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0")
     p.add_argument("--scales", default=None, help="comma-separated scales, e.g. 0.125,0.25,0.5,1")
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", *PRECISIONS],
-        help="the network's arithmetic (default auto: bfloat16 on GPUs and on CPUs that compute "
-        "it natively, else float32)",
-    )
+    add_precision_argument(p)
     p.add_argument(
         "--max-pixels",
         type=int,
@@ -107,6 +101,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print nothing when all goes well: no result line for one pair, no progress bar "
         "for folders (warnings, errors and the folder summary still go to stderr)",
+    )
+
+
+def add_precision_argument(p: argparse.ArgumentParser) -> None:
+    """--precision, `InferenceOptions.precision` (also used by the evaluation scripts)."""
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", *PRECISIONS],
+        help="arithmetic of the airm network (default auto: bfloat16 on GPUs and on CPUs that "
+        "compute it natively, else float32)",
     )
 
 
