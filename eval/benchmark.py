@@ -29,7 +29,7 @@ if __package__ in (None, ""):
 
 from airm.cli.refine import add_precision_argument  # noqa: E402
 from eval.child import run_in_process  # noqa: E402
-from eval.methods import CASCADEPSP_FOLDER  # noqa: E402
+from eval.methods import AIRM_OPTIONS, CASCADEPSP_FOLDER  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples"
 
@@ -74,14 +74,9 @@ def measure_airm(args: dict) -> dict:
     import numpy as np
 
     from airm.api import get_refiner
-    from airm.inference import InferenceOptions
 
-    precision = args["precision"]
-    options = (
-        InferenceOptions.exhaustive(precision=precision)
-        if args["exhaustive"]
-        else InferenceOptions(precision=precision)
-    )
+    mode = "airm_exhaustive" if args["exhaustive"] else "airm"
+    options = AIRM_OPTIONS[mode](precision=args["precision"])
     refiner = get_refiner(args["checkpoint"], args["device"]).with_options(options, max_pixels=None)
     refiner.refine(*_load(args["image"], args["coarse"], (480, 720)))  # warm-up
     image, coarse = _load(args["image"], args["coarse"], tuple(args["size"]))
