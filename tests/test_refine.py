@@ -10,6 +10,7 @@ from airm.inference import (
     native_bfloat16,
     refine_at_scale,
     refine_probability,
+    resize,
     scale_sizes,
 )
 
@@ -156,6 +157,15 @@ def test_shortcuts_agree_with_the_exhaustive_path_with_the_shipped_model():
     truth = image[..., 0] > 120
     coarse_iou = ((coarse > 127) & truth).sum() / ((coarse > 127) | truth).sum()
     assert (fast & truth).sum() / (fast | truth).sum() > coarse_iou + 0.1
+
+
+@pytest.mark.parametrize("size", [(120, 170), (61, 200)])
+def test_enlarging_with_the_plain_kernel_equals_the_antialiased_one(size):
+    prob = torch.rand(1, 1, 30, 50)
+    antialiased = torch.nn.functional.interpolate(
+        prob, size=size, mode="bilinear", align_corners=False, antialias=True
+    )
+    torch.testing.assert_close(resize(prob, size), antialiased, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("band", [1, 4, 12])
