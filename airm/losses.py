@@ -33,11 +33,12 @@ class Losses:
     gradient: torch.Tensor
     affinity: torch.Tensor
 
-    def as_floats(self) -> dict[str, float]:
-        return {
-            k: float(getattr(self, k).detach())
-            for k in ("total", "bce", "l1", "l2", "gradient", "affinity")
-        }
+    NAMES = ("total", "bce", "l1", "l2", "gradient", "affinity")
+
+    def stacked(self) -> torch.Tensor:
+        """The terms in `NAMES` order as one detached tensor on their device, so that a
+        training loop can sum them over steps without waiting for the device each step."""
+        return torch.stack([getattr(self, k).detach().float() for k in self.NAMES])
 
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 4.0

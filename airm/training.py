@@ -32,7 +32,7 @@ from airm.config import ModelConfig
 from airm.data import Pair, RefinementDataset, find_pairs, spread_pairs
 from airm.inference import InferenceOptions, autocast_dtype
 from airm.io import atomic_write, read_image
-from airm.losses import LossWeights, refinement_losses
+from airm.losses import Losses, LossWeights, refinement_losses
 from airm.pretrained import load_encoder_rgb_weights
 from airm.refiner import Refiner
 from airm.scoring import read_coarse, score_pairs
@@ -69,6 +69,9 @@ class TrainConfig:
     paste_fraction: float = 0.0
     # DataLoader workers per process; None: this process's share of the machine's cores.
     workers: int | None = None
+    # Decode the training pairs once and keep them in memory, shared by the workers (see
+    # `RefinementDataset`): for a GPU that the loader cannot keep busy.
+    cache_images: bool = False
     # Arithmetic of forward and backward: "float32", "bfloat16" (autocast; the weights, the
     # optimiser and the checkpoints stay float32, so --resume stays exact), or "auto":
     # bfloat16 on CUDA GPUs, float32 elsewhere.
@@ -254,15 +257,19 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
     net = DistributedDataParallel(model) if world > 1 else model
 
     pairs = [p for root in config.data for p in find_pairs(root)]
-    dataset = EpochIndexedDataset(
-        RefinementDataset(
-            pairs,
-            crop_size=config.crop_size,
-            far_fraction=config.far_fraction,
-            paste_fraction=config.paste_fraction,
-            seed=config.seed,
-        )
+    workers = loader_workers(config, world)
+    items = RefinementDataset(
+        pairs,
+        crop_size=config.crop_size,
+        far_fraction=config.far_fraction,
+        paste_fraction=config.paste_fraction,
+        seed=config.seed,
+        cache=config.cache_images,
+        cache_threads=max(1, workers),
     )
+    if config.cache_images and rank == 0:
+        tqdm.write(f"{len(pairs)} training pairs decoded: {items.cached_bytes / 2**30:.2f} GiB")
+    dataset = EpochIndexedDataset(items)
     sampler = StepSampler(
         len(pairs),
         batch_size=config.batch_size,
@@ -272,7 +279,6 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
         start_step=start,
         iterations=min(config.iterations, stop_at or config.iterations),
     )
-    workers = loader_workers(config, world)
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -301,7 +307,9 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
             f.write(json.dumps(record) + "\n")
 
     bar = tqdm(total=config.iterations, initial=start, disable=rank != 0, dynamic_ncols=True)
-    running: dict[str, float] = {}
+    # Loss terms summed on the device since the last log line: reading them back every step
+    # would make the host wait for each step's kernels, and a GPU then idles between steps.
+    running = torch.zeros(len(Losses.NAMES), device=device)
     tic = time.time()
     step = start
     for step, (image, coarse, gt) in enumerate(loader, start=start + 1):
@@ -326,11 +334,11 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
         optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
         optimizer.step()
-        for k, v in losses.as_floats().items():
-            running[k] = running.get(k, 0.0) + v
+        running += losses.stacked()
         bar.update(1)
         if step % config.log_interval == 0:
-            avg = {k: v / config.log_interval for k, v in running.items()}
+            sums = (running / config.log_interval).tolist()
+            avg = dict(zip(Losses.NAMES, sums, strict=True))
             speed = config.log_interval / (time.time() - tic)
             bar.set_postfix(loss=f"{avg['total']:.4f}", it_s=f"{speed:.2f}")
             if rank == 0:
@@ -340,10 +348,12 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
                         "step": step,
                         "lr": optimizer.param_groups[0]["lr"],
                         "it_per_s": speed,
+                        "samples_per_s": speed * config.batch_size * world,
                         **avg,
                     }
                 )
-            running, tic = {}, time.time()
+            running.zero_()
+            tic = time.time()
         if rank == 0 and (
             step % config.checkpoint_interval == 0 or step in (config.iterations, stop_at)
         ):

@@ -6,6 +6,7 @@ from PIL import Image
 
 from airm.data import find_pairs
 from airm.io import read_image, read_mask
+from tools import bench_loader
 from tools.pack_data import main, pack
 
 from conftest import disc_pair
@@ -59,3 +60,12 @@ def test_a_pair_larger_than_a_part_is_an_error(tmp_path, capsys):
     assert main([str(tmp_path / "data"), str(tmp_path / "parts"), "--part-mb", "0.01"]) == 2
     assert "needs more than" in capsys.readouterr().err
     assert main([str(tmp_path / "missing"), str(tmp_path / "parts")]) == 2
+
+
+def test_loader_benchmark_times_both_modes(tmp_path, capsys):
+    big_folder(tmp_path / "data", [(120, 160), (100, 90), (130, 130)])
+    argv = [str(tmp_path / "data"), "--workers", "0", "--batch-size", "2"]
+    assert bench_loader.main([*argv, "--warmup", "1", "--batches", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "3 pairs, batch 2, 0 workers" in out
+    assert "decoded" in out and "cached" in out and "cached / decoded:" in out

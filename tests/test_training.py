@@ -1,4 +1,5 @@
 import functools
+import json
 import os
 import socket
 
@@ -126,6 +127,27 @@ def test_paste_fraction_in_the_dataset(big_folder):
         RefinementDataset(pairs, paste_fraction=-0.1)
 
 
+def test_cached_pairs_give_the_same_items_and_cannot_be_altered(big_folder):
+    pairs = find_pairs(big_folder)
+    options = dict(crop_size=64, far_fraction=0.3, paste_fraction=0.5, seed=3)
+    decoded = RefinementDataset(pairs, **options)
+    cached = RefinementDataset(pairs, cache=True, cache_threads=2, **options)
+    assert decoded.cached is None and decoded.cached_bytes == 0
+    assert cached.cached_bytes == sum(i.nbytes + g.nbytes for i, g in cached.cached)
+    for epoch in range(3):
+        decoded.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for index in range(len(pairs)):
+            assert all(
+                torch.equal(a, b) for a, b in zip(decoded[index], cached[index], strict=True)
+            )
+    image, gt = cached.cached[0]
+    with pytest.raises(ValueError, match="read-only"):
+        image[0, 0] = 0
+    with pytest.raises(ValueError, match="read-only"):
+        gt[0, 0] = True
+
+
 def test_query_windows_reach_the_crop_borders_only_when_asked():
     from airm.training import query_window
 
@@ -183,6 +205,18 @@ def test_resume_continues_exactly(big_folder, tmp_path):
     resumed = train(tiny_config(big_folder, tmp_path / "b"), resume=True)
     a, b = load_model(straight).state_dict(), load_model(resumed).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_from_cached_pairs_gives_the_same_weights(big_folder, tmp_path):
+    decoded = train(tiny_config(big_folder, tmp_path / "a"))
+    cached = train(tiny_config(big_folder, tmp_path / "b", cache_images=True, workers=1))
+    a, b = load_model(decoded).state_dict(), load_model(cached).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    logged = [x for x in lines if x["event"] == "train"]
+    assert [x["step"] for x in logged] == [1, 2, 3, 4]  # log_interval=1
+    assert all(x["samples_per_s"] == pytest.approx(2 * x["it_per_s"]) for x in logged)
+    assert all(x["total"] > 0 and np.isfinite(x["total"]) for x in logged)
 
 
 def test_bfloat16_training_learns_and_resumes_exactly(big_folder, tmp_path):

@@ -57,6 +57,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=None, help="DataLoader workers per process (default: cores)"
     )
     p.add_argument(
+        "--cache-images",
+        action="store_true",
+        default=None,
+        help="decode the training pairs once and keep them in memory for the workers",
+    )
+    p.add_argument(
         "--precision",
         default=None,
         choices=["auto", "float32", "bfloat16"],
@@ -111,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         "paste_fraction": args.paste_fraction,
         "query_anywhere": args.query_anywhere,
         "workers": args.workers,
+        "cache_images": args.cache_images,
         "precision": args.precision,
         "seed": args.seed,
         "log_interval": args.log_interval,

@@ -1,0 +1,96 @@
+"""How many training samples a second the data loader delivers, with and without the cache.
+
+    python tools/bench_loader.py ../shared/data/train --workers 2 --batches 60
+
+The loader is built as `train.py` builds it (same dataset options and batch size); each mode
+first delivers --warmup batches (worker start-up, and for the cached mode the decoding, are
+timed apart), then --batches batches are timed. Printed: samples/s per mode, the ratio of the
+cached to the decoded mode, and the memory the cache holds. For scale: an H100 trained at
+850-930 samples/s at batch 64 with the batch already on it (issue 10), so a GPU run wants its
+loader to deliver about that much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from torch.utils.data import DataLoader  # noqa: E402
+
+from airm.data import RefinementDataset, find_pairs  # noqa: E402
+from airm.training import EpochIndexedDataset, StepSampler, TrainConfig  # noqa: E402
+
+
+def measure(pairs, config: TrainConfig, *, cache: bool, workers: int, warmup: int, batches: int):
+    """(samples/s over `batches` timed batches, seconds to build the dataset, cached bytes)."""
+    tic = time.perf_counter()
+    items = RefinementDataset(
+        pairs,
+        crop_size=config.crop_size,
+        far_fraction=config.far_fraction,
+        paste_fraction=config.paste_fraction,
+        seed=config.seed,
+        cache=cache,
+        cache_threads=max(1, workers),
+    )
+    built = time.perf_counter() - tic
+    sampler = StepSampler(
+        len(pairs),
+        batch_size=config.batch_size,
+        rank=0,
+        world=1,
+        seed=config.seed,
+        start_step=0,
+        iterations=warmup + batches,
+    )
+    loader = DataLoader(
+        EpochIndexedDataset(items),
+        batch_sampler=sampler,
+        num_workers=workers,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    for i, _ in enumerate(loader, start=1):
+        if i == warmup:
+            tic = time.perf_counter()
+    speed = batches * config.batch_size / (time.perf_counter() - tic)
+    return speed, built, items.cached_bytes
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("data", nargs="+", help="training roots (BIG or images/+masks/)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    p.add_argument("--batch-size", type=int, default=16, help="samples per batch")
+    p.add_argument("--warmup", type=int, default=10, help="batches delivered before timing")
+    p.add_argument("--batches", type=int, default=60, help="batches timed")
+    args = p.parse_args(argv)
+    if args.warmup < 1 or args.batches < 1:
+        p.error("--warmup and --batches must be at least 1")
+    config = TrainConfig(data=tuple(args.data), out="-", batch_size=args.batch_size)
+    pairs = [pair for root in config.data for pair in find_pairs(root)]
+    print(f"{len(pairs)} pairs, batch {args.batch_size}, {args.workers} workers")
+    speeds = {}
+    for cache in (False, True):
+        speed, built, held = measure(
+            pairs,
+            config,
+            cache=cache,
+            workers=args.workers,
+            warmup=args.warmup,
+            batches=args.batches,
+        )
+        mode = "cached" if cache else "decoded"
+        speeds[mode] = speed
+        extra = f" (decoded in {built:.1f} s, {held / 2**30:.2f} GiB held)" if cache else ""
+        print(f"{mode:<8}{speed:8.1f} samples/s{extra}")
+    print(f"cached / decoded: {speeds['cached'] / speeds['decoded']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
