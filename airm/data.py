@@ -193,7 +193,8 @@ class RefinementDataset(Dataset):
     1.8 GiB once packed to 640 px). DataLoader workers forked afterwards share them instead of
     decoding a JPEG and a PNG per item, the largest part of an item's time; the items are the
     same either way. `tools/bench_loader.py` measures the gain (1.19x packed, 1.33x at full
-    size, with 2 workers on 2 cores). The cached arrays are read-only, so no augmentation can alter them.
+    size, with 2 workers on 2 cores). The arrays are read-only, so no augmentation can alter
+    them.
     """
 
     def __init__(

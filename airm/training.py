@@ -157,6 +157,21 @@ def query_window(step: int, config: TrainConfig) -> tuple[int, int, int, int]:
     return int(top), int(left), size, size
 
 
+def training_items(
+    config: TrainConfig, pairs: list[Pair], *, cache: bool, threads: int = 1
+) -> RefinementDataset:
+    """The dataset a run with `config` draws its items from (`cache`: decoded in memory)."""
+    return RefinementDataset(
+        pairs,
+        crop_size=config.crop_size,
+        far_fraction=config.far_fraction,
+        paste_fraction=config.paste_fraction,
+        seed=config.seed,
+        cache=cache,
+        cache_threads=threads,
+    )
+
+
 def loader_workers(config: TrainConfig, world: int) -> int:
     if config.workers is not None:
         return config.workers
@@ -258,15 +273,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
 
     pairs = [p for root in config.data for p in find_pairs(root)]
     workers = loader_workers(config, world)
-    items = RefinementDataset(
-        pairs,
-        crop_size=config.crop_size,
-        far_fraction=config.far_fraction,
-        paste_fraction=config.paste_fraction,
-        seed=config.seed,
-        cache=config.cache_images,
-        cache_threads=max(1, workers),
-    )
+    items = training_items(config, pairs, cache=config.cache_images, threads=max(1, workers))
     if config.cache_images and rank == 0:
         tqdm.write(f"{len(pairs)} training pairs decoded: {items.cached_bytes / 2**30:.2f} GiB")
     dataset = EpochIndexedDataset(items)

@@ -22,22 +22,14 @@ if __package__ in (None, ""):
 
 from torch.utils.data import DataLoader  # noqa: E402
 
-from airm.data import RefinementDataset, find_pairs  # noqa: E402
-from airm.training import EpochIndexedDataset, StepSampler, TrainConfig  # noqa: E402
+from airm.data import find_pairs  # noqa: E402
+from airm.training import EpochIndexedDataset, StepSampler, TrainConfig, training_items  # noqa: E402
 
 
 def measure(pairs, config: TrainConfig, *, cache: bool, workers: int, warmup: int, batches: int):
     """(samples/s over `batches` timed batches, seconds to build the dataset, cached bytes)."""
     tic = time.perf_counter()
-    items = RefinementDataset(
-        pairs,
-        crop_size=config.crop_size,
-        far_fraction=config.far_fraction,
-        paste_fraction=config.paste_fraction,
-        seed=config.seed,
-        cache=cache,
-        cache_threads=max(1, workers),
-    )
+    items = training_items(config, pairs, cache=cache, threads=max(1, workers))
     built = time.perf_counter() - tic
     sampler = StepSampler(
         len(pairs),
