@@ -86,10 +86,11 @@ def affinity_labels(
 def affinity_loss(
     affinity: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor
 ) -> torch.Tensor:
-    """AFA's form: mean(1 - a) over positive pairs plus mean(a) over negative pairs."""
-    zero = affinity.sum() * 0.0
-    pos = (1 - affinity)[positive].mean() if positive.any() else zero
-    neg = affinity[negative].mean() if negative.any() else zero
+    """AFA's form: mean(1 - a) over positive pairs plus mean(a) over negative pairs (a term
+    with no pairs is 0). Written as masked sums, without selecting the pairs, so that the
+    host does not wait for the device to learn how many there are."""
+    pos = ((1 - affinity) * positive).sum() / positive.sum().clamp_min(1)
+    neg = (affinity * negative).sum() / negative.sum().clamp_min(1)
     return pos + neg
 
 

@@ -344,8 +344,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
         running += losses.stacked()
         bar.update(1)
         if step % config.log_interval == 0:
-            sums = (running / config.log_interval).tolist()
-            avg = dict(zip(Losses.NAMES, sums, strict=True))
+            means = (running / config.log_interval).tolist()
+            avg = dict(zip(Losses.NAMES, means, strict=True))
             speed = config.log_interval / (time.time() - tic)
             bar.set_postfix(loss=f"{avg['total']:.4f}", it_s=f"{speed:.2f}")
             if rank == 0:

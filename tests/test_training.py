@@ -12,7 +12,7 @@ from PIL import Image
 
 from airm import load_model
 from airm.data import RefinementDataset, find_pairs
-from airm.losses import LossWeights, affinity_labels, refinement_losses
+from airm.losses import LossWeights, affinity_labels, affinity_loss, refinement_losses
 from airm.perturb import perturb_mask
 from airm.training import StepSampler, TrainConfig, train, training_autocast
 
@@ -193,6 +193,15 @@ def test_losses_and_affinity_labels():
         [False, True, False, False],
     ]
     assert neg[0, 0, 1] and not neg[0, 0, 3]  # diagonal cells are farther than radius 1
+    generator = torch.Generator().manual_seed(0)
+    affinity = torch.rand(2, 4, 4, generator=generator, requires_grad=True)
+    pairs = tuple(torch.rand(2, 4, 4, generator=generator) < 0.3 for _ in range(2))
+    expected = (1 - affinity)[pairs[0]].mean() + affinity[pairs[1]].mean()
+    torch.testing.assert_close(affinity_loss(affinity, *pairs), expected)
+    none = torch.zeros(2, 4, 4, dtype=torch.bool)
+    empty = affinity_loss(affinity, none, none)
+    empty.backward()  # no pairs: zero, and still part of the graph
+    assert empty.item() == 0.0 and torch.equal(affinity.grad, torch.zeros_like(affinity))
     perfect = refinement_losses(gt * 40 - 20, gt, LossWeights())
     wrong = refinement_losses(20 - gt * 40, gt, LossWeights())
     assert perfect.total < 0.05 < wrong.total
