@@ -157,18 +157,48 @@ def query_window(step: int, config: TrainConfig) -> tuple[int, int, int, int]:
     return int(top), int(left), size, size
 
 
-def training_items(
-    config: TrainConfig, pairs: list[Pair], *, cache: bool, threads: int = 1
-) -> RefinementDataset:
-    """The dataset a run with `config` draws its items from (`cache`: decoded in memory)."""
+def training_items(config: TrainConfig, *, threads: int = 1) -> RefinementDataset:
+    """The dataset a run with `config` draws its items from: every pair under `config.data`,
+    decoded into memory by `threads` threads when `config.cache_images`."""
     return RefinementDataset(
-        pairs,
+        [p for root in config.data for p in find_pairs(root)],
         crop_size=config.crop_size,
         far_fraction=config.far_fraction,
         paste_fraction=config.paste_fraction,
         seed=config.seed,
-        cache=cache,
+        cache=config.cache_images,
         cache_threads=threads,
+    )
+
+
+def training_loader(
+    items: RefinementDataset,
+    config: TrainConfig,
+    *,
+    rank: int,
+    world: int,
+    start: int,
+    stop: int,
+    workers: int,
+    pin_memory: bool,
+) -> DataLoader:
+    """The batches of steps start..stop-1 of this process (see `StepSampler`)."""
+    sampler = StepSampler(
+        len(items),
+        batch_size=config.batch_size,
+        rank=rank,
+        world=world,
+        seed=config.seed,
+        start_step=start,
+        iterations=stop,
+    )
+    return DataLoader(
+        EpochIndexedDataset(items),
+        batch_sampler=sampler,
+        num_workers=workers,
+        persistent_workers=False,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers > 0 else None,
     )
 
 
@@ -271,28 +301,19 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
         start, best = int(state["step"]), float(state["best"])
     net = DistributedDataParallel(model) if world > 1 else model
 
-    pairs = [p for root in config.data for p in find_pairs(root)]
     workers = loader_workers(config, world)
-    items = training_items(config, pairs, cache=config.cache_images, threads=max(1, workers))
+    items = training_items(config, threads=max(1, workers))
     if config.cache_images and rank == 0:
-        tqdm.write(f"{len(pairs)} training pairs decoded: {items.cached_bytes / 2**30:.2f} GiB")
-    dataset = EpochIndexedDataset(items)
-    sampler = StepSampler(
-        len(pairs),
-        batch_size=config.batch_size,
+        tqdm.write(f"{len(items)} training pairs decoded: {items.cached_bytes / 2**30:.2f} GiB")
+    loader = training_loader(
+        items,
+        config,
         rank=rank,
         world=world,
-        seed=config.seed,
-        start_step=start,
-        iterations=min(config.iterations, stop_at or config.iterations),
-    )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=workers,
-        persistent_workers=False,
+        start=start,
+        stop=min(config.iterations, stop_at or config.iterations),
+        workers=workers,
         pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers > 0 else None,
     )
     val_pairs = spread_pairs(find_pairs(config.val), config.val_limit) if config.val else []
     val_pairs = [p for p in val_pairs if p.coarse is not None]

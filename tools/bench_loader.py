@@ -20,37 +20,29 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from torch.utils.data import DataLoader  # noqa: E402
-
-from airm.data import find_pairs  # noqa: E402
-from airm.training import EpochIndexedDataset, StepSampler, TrainConfig, training_items  # noqa: E402
+from airm.training import TrainConfig, training_items, training_loader  # noqa: E402
 
 
-def measure(pairs, config: TrainConfig, *, cache: bool, workers: int, warmup: int, batches: int):
-    """(samples/s over `batches` timed batches, seconds to build the dataset, cached bytes)."""
+def measure(config: TrainConfig, *, workers: int, warmup: int, batches: int):
+    """(samples/s over `batches` timed batches, seconds to build the dataset, the dataset)."""
     tic = time.perf_counter()
-    items = training_items(config, pairs, cache=cache, threads=max(1, workers))
+    items = training_items(config, threads=max(1, workers))
     built = time.perf_counter() - tic
-    sampler = StepSampler(
-        len(pairs),
-        batch_size=config.batch_size,
+    loader = training_loader(
+        items,
+        config,
         rank=0,
         world=1,
-        seed=config.seed,
-        start_step=0,
-        iterations=warmup + batches,
-    )
-    loader = DataLoader(
-        EpochIndexedDataset(items),
-        batch_sampler=sampler,
-        num_workers=workers,
-        prefetch_factor=4 if workers > 0 else None,
+        start=0,
+        stop=warmup + batches,
+        workers=workers,
+        pin_memory=False,
     )
     for i, _ in enumerate(loader, start=1):
         if i == warmup:
             tic = time.perf_counter()
     speed = batches * config.batch_size / (time.perf_counter() - tic)
-    return speed, built, items.cached_bytes
+    return speed, built, items
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,22 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.warmup < 1 or args.batches < 1:
         p.error("--warmup and --batches must be at least 1")
-    config = TrainConfig(data=tuple(args.data), out="-", batch_size=args.batch_size)
-    pairs = [pair for root in config.data for pair in find_pairs(root)]
-    print(f"{len(pairs)} pairs, batch {args.batch_size}, {args.workers} workers")
     speeds = {}
     for cache in (False, True):
-        speed, built, held = measure(
-            pairs,
-            config,
-            cache=cache,
-            workers=args.workers,
-            warmup=args.warmup,
-            batches=args.batches,
+        config = TrainConfig(
+            data=tuple(args.data), out="-", batch_size=args.batch_size, cache_images=cache
         )
+        speed, built, items = measure(
+            config, workers=args.workers, warmup=args.warmup, batches=args.batches
+        )
+        if not cache:
+            print(f"{len(items)} pairs, batch {args.batch_size}, {args.workers} workers")
         mode = "cached" if cache else "decoded"
         speeds[mode] = speed
-        extra = f" (decoded in {built:.1f} s, {held / 2**30:.2f} GiB held)" if cache else ""
+        held = items.cached_bytes / 2**30
+        extra = f" (decoded in {built:.1f} s, {held:.2f} GiB held)" if cache else ""
         print(f"{mode:<8}{speed:8.1f} samples/s{extra}")
     print(f"cached / decoded: {speeds['cached'] / speeds['decoded']:.2f}x")
     return 0
