@@ -276,22 +276,25 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
     rank, world, device = _setup_distributed()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    last = out / "last.pt"
+    # --resume without a checkpoint yet (the first of a series of short jobs) starts the run
+    # as configured, --init and --encoder-weights included.
+    resuming = resume and last.is_file()
     torch.manual_seed(config.seed)
 
     model = build_model(config.variant, **dict(config.model_overrides))
     if model.config.hyper_input_norm and config.batch_size < 2:
         raise ValueError("hyper_input_norm standardises over the batch: batch_size must be >= 2")
-    if config.encoder_weights and not resume:
+    if config.encoder_weights and not resuming:
         load_encoder_rgb_weights(model, config.encoder_weights)
-    if config.init and not resume:
+    if config.init and not resuming:
         load_weights(model, config.init)
     autocast = training_autocast(config, device)
     # Channels-last convolutions are the fast ones on GPUs (and for oneDNN on CPUs).
     model.to(device=device, memory_format=torch.channels_last).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     start, best = 0, -math.inf
-    last = out / "last.pt"
-    if resume and last.is_file():
+    if resuming:
         state = torch.load(last, map_location=device, weights_only=True)
         saved = ModelConfig.from_json(state["model_config"])
         if saved != model.config:
@@ -318,7 +321,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
     val_pairs = spread_pairs(find_pairs(config.val), config.val_limit) if config.val else []
     val_pairs = [p for p in val_pairs if p.coarse is not None]
     log_path = out / "log.jsonl"
-    if rank == 0 and not resume:
+    if rank == 0 and not resuming:
         log_path.write_text(
             json.dumps(
                 {

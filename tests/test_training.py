@@ -294,3 +294,8 @@ def test_init_from_an_airm_checkpoint(big_folder, tmp_path):
     again = train(tiny_config(big_folder, tmp_path / "b", iterations=0, init=str(first)))
     a, b = load_model(first).state_dict(), load_model(again).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # --resume with no checkpoint yet (the first of several short jobs) still starts from init
+    config = tiny_config(big_folder, tmp_path / "c", iterations=0, init=str(first))
+    first_job = load_model(train(config, resume=True)).state_dict()
+    assert all(torch.equal(a[k], first_job[k]) for k in a)
+    assert '"event": "config"' in (tmp_path / "c" / "log.jsonl").read_text()
