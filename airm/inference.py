@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from airm.modeling.airm import AIRM, SIZE_DIVISOR
+from airm.morphology import mixed_windows
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Window sides are rounded up to a multiple of this (a multiple of the network's size
@@ -135,22 +136,14 @@ def boundary_band(prob: torch.Tensor, band: int, uncertain: tuple[float, float])
     """(B, 1, h, w) probabilities -> bool (B, 1, h, w): near the 0.5 boundary or uncertain.
 
     "Near" is where a (2 band + 1)-square dilation and erosion of the binary mask differ. On
-    the CPU OpenCV computes them (several times faster than pooling); elsewhere max pooling
-    does; both give the same band.
+    the CPU OpenCV computes them (faster than torch there); elsewhere `mixed_windows` does;
+    both give the same band.
     """
     binary = prob > 0.5
-    near_boundary = _near_boundary_cv2 if prob.device.type == "cpu" else _near_boundary_torch
+    near_boundary = _near_boundary_cv2 if prob.device.type == "cpu" else mixed_windows
     near = near_boundary(binary, band)
     lo, hi = uncertain
     return near | ((prob > lo) & (prob < hi))
-
-
-def _near_boundary_torch(binary: torch.Tensor, band: int) -> torch.Tensor:
-    x = binary.float()
-    k = 2 * band + 1
-    dilated = F.max_pool2d(F.max_pool2d(x, (1, k), 1, (0, band)), (k, 1), 1, (band, 0))
-    eroded = -F.max_pool2d(F.max_pool2d(-x, (1, k), 1, (0, band)), (k, 1), 1, (band, 0))
-    return dilated != eroded
 
 
 def _near_boundary_cv2(binary: torch.Tensor, band: int) -> torch.Tensor:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from airm.morphology import mixed_windows
+
 
 @dataclass(frozen=True)
 class LossWeights:
@@ -55,10 +57,7 @@ def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
 
 def boundary_band(gt: torch.Tensor, radius: int) -> torch.Tensor:
     """(B, 1, H, W) {0, 1} -> float band of the truth's boundary, `radius` pixels each side."""
-    k = 2 * radius + 1
-    dilated = F.max_pool2d(gt, k, 1, radius)
-    eroded = -F.max_pool2d(-gt, k, 1, radius)
-    return (dilated - eroded).clamp(0, 1)
+    return mixed_windows(gt > 0.5, radius).float()
 
 
 def affinity_labels(

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import airm
 from airm import InferenceOptions, InputError, Refiner
@@ -13,6 +14,8 @@ from airm.inference import (
     resize,
     scale_sizes,
 )
+from airm.losses import boundary_band as loss_boundary_band
+from airm.morphology import mixed_windows
 
 from conftest import disc_pair, tiny_model
 
@@ -168,16 +171,26 @@ def test_enlarging_with_the_plain_kernel_equals_the_antialiased_one(size):
     torch.testing.assert_close(resize(prob, size), antialiased, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("band", [1, 4, 12])
-def test_opencv_and_pooling_bands_are_the_same(band):
-    from airm.inference import _near_boundary_cv2, _near_boundary_torch
+@pytest.mark.parametrize("band", [1, 4, 12, 50])
+def test_band_is_where_a_dilation_and_an_erosion_differ(band):
+    """Both ways of computing the band (OpenCV on a CPU, a summed-area table elsewhere and
+    in the training loss) against the definition: max pooling, whose window stops at the
+    image's border (so the border is not a boundary)."""
+    from airm.inference import _near_boundary_cv2
 
-    prob = torch.zeros(2, 1, 60, 80)
+    generator = torch.Generator().manual_seed(band)
+    prob = (torch.rand(3, 1, 60, 80, generator=generator) > 0.97).float()  # specks
     prob[0, 0, 10:40, 20:70] = 1.0
-    prob[1, 0, :, :30] = 0.7  # touches the image border: the border is not a boundary
+    prob[1, 0, :, :30] = 0.7  # touches the image border
+    prob[2] = 1.0  # no boundary at all
     binary = prob > 0.5
-    assert torch.equal(_near_boundary_cv2(binary, band), _near_boundary_torch(binary, band))
-    assert not _near_boundary_cv2(binary, band)[1, 0, :, 0].any()
+    k = 2 * band + 1
+    x = binary.float()
+    expected = F.max_pool2d(x, k, 1, band) != -F.max_pool2d(-x, k, 1, band)
+    assert torch.equal(mixed_windows(binary, band), expected)
+    assert torch.equal(_near_boundary_cv2(binary, band), expected)
+    assert not expected[2].any()
+    assert torch.equal(loss_boundary_band(x, band), expected.float())
 
 
 @pytest.mark.parametrize(
