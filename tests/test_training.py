@@ -14,9 +14,15 @@ from airm import load_model
 from airm.data import RefinementDataset, find_pairs
 from airm.losses import LossWeights, affinity_labels, affinity_loss, refinement_losses
 from airm.perturb import perturb_mask
-from airm.training import StepSampler, TrainConfig, train, training_autocast
+from airm.training import (
+    StepSampler,
+    TrainConfig,
+    float32_depthwise,
+    train,
+    training_autocast,
+)
 
-from conftest import TINY, disc_pair
+from conftest import TINY, disc_pair, tiny_model
 
 
 @pytest.fixture
@@ -245,14 +251,45 @@ def test_bfloat16_training_learns_and_resumes_exactly(big_folder, tmp_path):
         train(config(tmp_path / "d", precision="float16"))
 
 
-def test_auto_precision_trains_in_float32_on_any_cpu(monkeypatch):
-    """Inference runs bfloat16 on CPUs that compute it natively; training does not follow."""
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+@pytest.mark.parametrize("variant", ["airm_efficientnet_lite0", "airm_mit_b0"])
+def test_depthwise_convolutions_train_in_float32_on_a_cpu(variant):
+    """float32_depthwise changes no parameter and no state dict key; the convolutions it
+    takes run float32 in training under CPU autocast and follow autocast in eval mode."""
+    model = tiny_model(variant)
+    keys, params = list(model.state_dict()), list(model.parameters())
+    depthwise = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.Conv2d) and 1 < m.groups == m.in_channels
+    ]
+    conv = next(m for m in depthwise if type(m) is torch.nn.Conv2d)  # no dynamic padding
+    assert float32_depthwise(model) == len(depthwise) > 0
+    assert float32_depthwise(model) == 0  # already done
+    assert list(model.state_dict()) == keys
+    assert all(a is b for a, b in zip(model.parameters(), params, strict=True))
+    x = torch.randn(2, conv.in_channels, 16, 16, dtype=torch.bfloat16)
+    expected = torch.nn.functional.conv2d(
+        x.float(), conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = conv.train()(x)
+        evaluated = conv.eval()(x)
+    torch.testing.assert_close(trained, expected)
+    assert trained.dtype == torch.float32 and evaluated.dtype == torch.bfloat16
+
+
+def test_auto_precision_is_bfloat16_where_the_hardware_computes_it(monkeypatch):
+    """Training's "auto" follows inference's: bfloat16 on CUDA and on CPUs with native
+    bfloat16 arithmetic, float32 on other CPUs (which emulate it, slowly)."""
     config = TrainConfig(data=("data",), out="out")
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
     assert training_autocast(config, torch.device("cpu")) is None
     assert training_autocast(config, torch.device("cuda")) == torch.bfloat16
-    bf16 = TrainConfig(data=("data",), out="out", precision="bfloat16")
-    assert training_autocast(bf16, torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert training_autocast(config, torch.device("cpu")) == torch.bfloat16
+    fp32 = TrainConfig(data=("data",), out="out", precision="float32")
+    assert training_autocast(fp32, torch.device("cpu")) is None
 
 
 def test_validation_is_logged(big_folder, tmp_path):

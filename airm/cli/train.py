@@ -66,7 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--precision",
         default=None,
         choices=["auto", "float32", "bfloat16"],
-        help="arithmetic (default auto: bfloat16 autocast on CUDA, float32 elsewhere)",
+        help="arithmetic (default auto: bfloat16 autocast where the hardware computes it natively: "
+        "CUDA, CPUs with AVX512-BF16 or AMX; float32 elsewhere)",
     )
     p.add_argument(
         "--model",
