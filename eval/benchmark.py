@@ -6,7 +6,10 @@ process, which reports the median seconds of --repeats refinements (after a warm
 480, so start-up and model loading are excluded) and the process's peak memory (max RSS,
 start-up included; on a GPU also the peak GPU allocation). With --compare, each size is also
 refined without the shortcuts (every pixel queried, every scale encoded whole) and the
-agreement is printed. `airm refine` then refines a folder of --folder pairs at --folder-size
+agreement is printed. Then one process refines the sizes in turn, --rounds times over, for the
+ratios of time between sizes: taken round by round, they do not drift with the machine's speed
+the way the fresh processes' times can (this shared machine varies by 20% from minute to
+minute). `airm refine` then refines a folder of --folder pairs at --folder-size
 (images per second, files read and written included). CascadePSP's pip package
 (`segmentation-refinement`, full mode, L=900) refines the same scene at --cascadepsp-size on
 the same device in the same run, with its own weights when they are on disk and random weights
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -85,6 +89,27 @@ def measure_airm(args: dict) -> dict:
     ]
     np.save(args["save"], runs[0][0] > 127)
     return {"seconds": float(np.median([s for _, s in runs])), **_peaks(refiner.device.type)}
+
+
+def measure_rounds(args: dict) -> dict:
+    """Refine the scene at each of args["sizes"] in turn, args["rounds"] times over, in one
+    process, after a round that is not timed: the seconds of each refinement, [round][size].
+    Every other round runs the sizes in reverse order, so that no size keeps its neighbours."""
+    from airm.api import get_refiner
+
+    options = AIRM_OPTIONS["airm"](precision=args["precision"])
+    refiner = get_refiner(args["checkpoint"], args["device"]).with_options(options, max_pixels=None)
+    scenes = [_load(args["image"], args["coarse"], tuple(size)) for size in args["sizes"]]
+    for image, coarse in scenes:
+        refiner.refine(image, coarse)
+    rounds = []
+    for r in range(args["rounds"]):
+        order = range(len(scenes)) if r % 2 == 0 else reversed(range(len(scenes)))
+        seconds = [0.0] * len(scenes)
+        for i in order:
+            seconds[i] = _timed(refiner.refine, *scenes[i], refiner.device.type)[1]
+        rounds.append(seconds)
+    return {"sizes": args["sizes"], "seconds": rounds}
 
 
 def measure_folder(args: dict) -> dict:
@@ -213,6 +238,13 @@ def main(argv: list[str] | None = None) -> int:
         help="pairs in a folder refined by `airm refine` at --folder-size (0 to skip)",
     )
     p.add_argument("--folder-size", default="1164x1746", help="HxW of the folder's pairs")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="rounds of the sizes refined in turn in one process, for the ratios of time "
+        "between sizes (0 to skip)",
+    )
     add_precision_argument(p)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
@@ -242,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(_row(device, mode, size, r), flush=True)
                 if args.compare:
                     results.append({"device": device, **_agreement(tmp, size)})
+        if args.rounds and len(sizes) > 1:
+            job = {"sizes": [list(size) for size in sizes], "rounds": args.rounds}
+            r = run_in_process(measure_rounds, {**job, **common})
+            results.append({"device": device, "method": "rounds", **r})
         if args.folder:
             size = tuple(int(v) for v in args.folder_size.split("x"))
             r = run_in_process(measure_folder, {"size": list(size), "pairs": args.folder, **common})
@@ -302,6 +338,16 @@ def _print_ratios(results: list[dict]) -> None:
                 f"{device}, {big[0]}x{big[1]} vs {small[0]}x{small[1]}: {pixels:.1f}x the "
                 f"pixels, {rb['seconds'] / rs['seconds']:.2f}x the time"
             )
+        for r in (r for r in mine if r["method"] == "rounds"):
+            sizes = [tuple(size) for size in r["sizes"]]
+            order = sorted(range(len(sizes)), key=lambda i: sizes[i][0] * sizes[i][1])
+            for i, j in zip(order, order[1:], strict=False):
+                ratios = sorted(seconds[j] / seconds[i] for seconds in r["seconds"])
+                print(
+                    f"{device}, {sizes[j][0]}x{sizes[j][1]} vs {sizes[i][0]}x{sizes[i][1]}, "
+                    f"{len(ratios)} rounds in one process: {statistics.median(ratios):.2f}x the "
+                    f"time (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})"
+                )
 
 
 if __name__ == "__main__":

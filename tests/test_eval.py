@@ -125,3 +125,31 @@ def test_paired_bootstrap_sees_a_consistent_gain_and_not_noise(tmp_path):
     assert d["iou"].low > 1.9 and abs(d["mba"].mean) < 1e-9
     assert compare_main([str(tmp_path), "--reference", "ref"]) == 0
     assert compare_main([str(tmp_path), "--reference", "absent"]) == 2
+
+
+def test_benchmark_reports_every_measurement(tmp_path, tiny_checkpoint, capsys):
+    """python -m eval.benchmark on two small sizes: each size timed in its own process, the
+    rounds of both sizes in one process, the folder, and the ratios printed from them."""
+    from eval.benchmark import main as benchmark
+
+    out = tmp_path / "bench.json"
+    argv = ["--checkpoint", str(tiny_checkpoint), "--devices", "cpu", "--repeats", "1"]
+    argv += ["--sizes", "96x144,192x288", "--rounds", "2", "--folder", "2"]
+    argv += ["--folder-size", "96x144", "--cascadepsp-size", "none", "--json", str(out)]
+    assert benchmark(argv) == 0
+    results = json.loads(out.read_text())
+    assert [(r["method"], r.get("size")) for r in results] == [
+        ("airm", [96, 144]),
+        ("airm", [192, 288]),
+        ("rounds", None),
+        ("folder", [96, 144]),
+    ]
+    rounds = results[2]
+    assert rounds["sizes"] == [[96, 144], [192, 288]]
+    assert len(rounds["seconds"]) == 2 and all(
+        len(r) == 2 and min(r) > 0 for r in rounds["seconds"]
+    )
+    assert all(r["seconds"] > 0 and r["peak_rss_mb"] > 0 for r in results if "peak_rss_mb" in r)
+    printed = capsys.readouterr().out
+    assert "192x288 vs 96x144: 4.0x the pixels" in printed
+    assert "192x288 vs 96x144, 2 rounds in one process:" in printed
