@@ -73,15 +73,20 @@ def _timed(refine, image, coarse, device_type: str):
     return mask, time.perf_counter() - tic
 
 
+def _airm_refiner(args: dict, mode: str):
+    """The Refiner of args["checkpoint"] on args["device"] with the options of `mode` (a key
+    of `AIRM_OPTIONS`) at args["precision"], with no pixel limit."""
+    from airm.api import get_refiner
+
+    options = AIRM_OPTIONS[mode](precision=args["precision"])
+    return get_refiner(args["checkpoint"], args["device"]).with_options(options, max_pixels=None)
+
+
 def measure_airm(args: dict) -> dict:
     """Refine the scene at args["size"] with airm (runs in its own process)."""
     import numpy as np
 
-    from airm.api import get_refiner
-
-    mode = "airm_exhaustive" if args["exhaustive"] else "airm"
-    options = AIRM_OPTIONS[mode](precision=args["precision"])
-    refiner = get_refiner(args["checkpoint"], args["device"]).with_options(options, max_pixels=None)
+    refiner = _airm_refiner(args, "airm_exhaustive" if args["exhaustive"] else "airm")
     refiner.refine(*_load(args["image"], args["coarse"], (480, 720)))  # warm-up
     image, coarse = _load(args["image"], args["coarse"], tuple(args["size"]))
     runs = [
@@ -95,10 +100,7 @@ def measure_rounds(args: dict) -> dict:
     """Refine the scene at each of args["sizes"] in turn, args["rounds"] times over, in one
     process, after a round that is not timed: the seconds of each refinement, [round][size].
     Every other round runs the sizes in reverse order, so that no size keeps its neighbours."""
-    from airm.api import get_refiner
-
-    options = AIRM_OPTIONS["airm"](precision=args["precision"])
-    refiner = get_refiner(args["checkpoint"], args["device"]).with_options(options, max_pixels=None)
+    refiner = _airm_refiner(args, "airm")
     scenes = [_load(args["image"], args["coarse"], tuple(size)) for size in args["sizes"]]
     for image, coarse in scenes:
         refiner.refine(image, coarse)
