@@ -5,6 +5,7 @@ from airm import VARIANTS
 from airm.modeling import implicit_decoder
 from airm.modeling.fusion import inference_copy
 from airm.modeling.implicit_function import ImplicitFunction
+from airm.modeling.pixel_features import FoldedPixelFeatureFusion, PixelFeatureFusion
 
 from conftest import TINY, tiny_model
 
@@ -123,6 +124,7 @@ def test_inference_copy_keeps_the_function(variant):
             module.running_var.uniform_(0.5, 2.0)
     fast = inference_copy(model, torch.device("cpu"))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert isinstance(fast.pixel_features, FoldedPixelFeatureFusion)
     image, mask = torch.rand(1, 3, 64, 96), (torch.rand(1, 1, 64, 96) > 0.5).float()
     with torch.no_grad():
         expected, got = model(image, mask).logits, fast(image, mask).logits
@@ -148,3 +150,17 @@ def test_hyper_input_norm_standardises_what_the_head_sees():
         expected = model(image[:1], mask[:1]).logits
         got = inference_copy(model, torch.device("cpu"))(image[:1], mask[:1]).logits
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_folded_pixel_features_keep_the_function():
+    fusion = PixelFeatureFusion(in_dims=(5, 7, 11), out_dim=6)
+    for bn in (fusion.fuse[1], fusion.fuse[4]):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    fusion.eval()
+    stages = [torch.randn(2, 5, 12, 16), torch.randn(2, 7, 6, 8), torch.randn(2, 11, 3, 4)]
+    with torch.no_grad():
+        expected, got = fusion(stages), fusion.folded()(stages)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="eval mode"):
+        fusion.train().folded()

@@ -25,7 +25,7 @@ from airm.modeling.encoder import CNNEncoder, MixTransformerEncoder
 from airm.modeling.hypernetwork import Hypernetwork
 from airm.modeling.implicit_decoder import DecoderState
 from airm.modeling.implicit_function import ImplicitFunction
-from airm.modeling.pixel_features import PixelFeatureFusion
+from airm.modeling.pixel_features import FoldedPixelFeatureFusion, PixelFeatureFusion
 
 # Inputs are padded to a multiple of this so that every stage tiles the view exactly.
 SIZE_DIVISOR = 32
@@ -63,7 +63,7 @@ class AIRM(nn.Module):
         *,
         config: ModelConfig,
         encoder: MixTransformerEncoder | CNNEncoder,
-        pixel_features: PixelFeatureFusion,
+        pixel_features: PixelFeatureFusion | FoldedPixelFeatureFusion,
         implicit_function: ImplicitFunction,
         hypernetwork: Hypernetwork | None,
         affinity_head: AttentionAffinity | FeatureDistanceAffinity | None,
@@ -122,7 +122,7 @@ class AIRM(nn.Module):
         sy, sx = encoded.view_scale
         scale = coords.new_tensor([sy, sx])
         padded = (coords + 1.0) * scale - 1.0
-        h, w = encoded.decoder.feature_proj.shape[-2:]
+        h, w = encoded.decoder.grid
         cell = coords.new_tensor([h * sy / out_size[0], w * sx / out_size[1]])
         cell = cell.expand(coords.shape[0], 2)
         logits = implicit_decoder.query(encoded.decoder, padded, cell, chunk_size=chunk_size)

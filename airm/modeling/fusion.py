@@ -2,6 +2,9 @@
 
 - Batch normalisation after a convolution is folded into the convolution's weight and bias
   (in eval mode it is an affine map per channel), so it costs nothing at run time.
+- The pixel features' fusing 1x1 convolution is folded into each stage's projection
+  (`PixelFeatureFusion.folded`), so the concatenation of the projected stages at the finest
+  resolution is never made.
 - Weights are stored channels-last, which oneDNN's CPU convolutions (and cuDNN's) run faster.
 
 On the default model's 384 px windows these make the encoder about 1.7 times faster on a CPU
@@ -15,6 +18,8 @@ import copy
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from airm.modeling.pixel_features import PixelFeatureFusion
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
@@ -42,8 +47,19 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
+def fold_pixel_features(module: nn.Module) -> nn.Module:
+    """Replace every PixelFeatureFusion inside `module` by its folded twin, in place (eval)."""
+    for parent in list(module.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, PixelFeatureFusion):
+                setattr(parent, name, child.folded())
+    return module
+
+
 def inference_copy(model: nn.Module, device: torch.device) -> nn.Module:
-    """A copy of `model` for inference on `device`: eval mode, batchnorm folded, channels-last."""
+    """A copy of `model` for inference on `device`: eval mode, pixel-feature fusion and
+    batchnorm folded, channels-last."""
     model = copy.deepcopy(model).eval()
+    fold_pixel_features(model)  # first: it folds the fusion's own batch norm
     fold_batchnorm(model)
     return model.to(device=device, memory_format=torch.channels_last)

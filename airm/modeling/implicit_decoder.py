@@ -12,10 +12,12 @@ feature grid (h, w). For each query, f is evaluated on each of its 4 nearest fea
 and the 4 logits are blended by the area of the diagonally opposite rectangle, normalised to
 sum to one (bilinear weights away from the borders).
 
-f's first layer is linear in its input, so it is split into its feature part and its
-coordinate part: the feature part runs once per feature cell as a 1x1 convolution, and each
-query gathers the result instead of the raw features. That is the same function as LIIF's
-concatenation, with the heaviest product moved off the per-query path.
+f's first layer is linear in its input, so it is split by input: the feature part runs once
+per feature cell as a 1x1 convolution, stored as a channels-last table that each query gathers
+rows of (instead of the raw features); the absolute coordinate and cell size are the same for
+a query's 4 neighbours, so their part runs once per query, not 4 times; only the relative
+offset's part runs per neighbour. That is the same function as LIIF's concatenation, with the
+heaviest products moved off the per-neighbour path.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ COORD_DIMS = 6  # relative offset (2), absolute coordinate (2), cell size (2)
 class DecoderState:
     """What decoding needs from one encoded batch.
 
-    feature_proj: (B, h1, h, w), f's first layer applied to the pixel features F (no bias).
+    feature_proj: (B, h, w, h1) contiguous, f's first layer applied to the pixel features F
+    (no bias); channels last, so that a query's gather reads whole rows.
     coord_weight: (out, 6) or (B, out, 6), f's first layer on [rel, abs, cell].
     params: every layer's weight and bias (the first layer's bias is used, not its weight).
     """
@@ -42,6 +45,11 @@ class DecoderState:
     coord_weight: torch.Tensor
     params: list[LayerParams]
 
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(h, w) of the feature grid."""
+        return self.feature_proj.shape[1], self.feature_proj.shape[2]
+
 
 def prepare(features: torch.Tensor, params: list[LayerParams]) -> DecoderState:
     """Split f's first layer: features (B, C, h, w) -> DecoderState."""
@@ -49,10 +57,10 @@ def prepare(features: torch.Tensor, params: list[LayerParams]) -> DecoderState:
     first = params[0].weight
     feat_w, coord_w = first[..., :channels], first[..., channels:]
     if feat_w.dim() == 2:
-        proj = torch.einsum("oc,bchw->bohw", feat_w, features)
+        proj = torch.einsum("oc,bchw->bhwo", feat_w, features)
     else:
-        proj = torch.einsum("boc,bchw->bohw", feat_w, features)
-    return DecoderState(feature_proj=proj, coord_weight=coord_w, params=params)
+        proj = torch.einsum("boc,bchw->bhwo", feat_w, features)
+    return DecoderState(feature_proj=proj.contiguous(), coord_weight=coord_w, params=params)
 
 
 def pixel_centres(height: int, width: int, *, device: torch.device | None = None) -> torch.Tensor:
@@ -110,22 +118,18 @@ def query(
 
 
 def _query_chunk(state: DecoderState, coords: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-    b, hidden, h, w = state.feature_proj.shape
+    b, h, w, hidden = state.feature_proj.shape
     q = coords.shape[1]
     index, rel, weights = neighbours(coords, (h, w))
     # One flat gather over the batch: rows of (B * h * w, h1) at b * h * w + cell index.
-    table = state.feature_proj.permute(0, 2, 3, 1).reshape(b * h * w, hidden)
+    table = state.feature_proj.view(b * h * w, hidden)
     offsets = torch.arange(b, device=coords.device).reshape(b, 1, 1) * (h * w)
-    gathered = table.index_select(0, (index + offsets).reshape(-1)).reshape(b, q * 4, hidden)
-    coord_in = torch.cat(
-        [
-            rel,
-            coords.unsqueeze(2).expand(b, q, 4, 2),
-            cell.reshape(b, 1, 1, 2).expand(b, q, 4, 2),
-        ],
-        dim=-1,
-    ).reshape(b, q * 4, COORD_DIMS)
-    first = LayerParams(state.coord_weight, state.params[0].bias)
-    pre = gathered + apply_linear(coord_in, first)  # f's first layer, (B, Q * 4, h1)
-    logits = run_mlp(pre, state.params).reshape(b, q, 4)
+    gathered = table.index_select(0, (index + offsets).reshape(-1)).reshape(b, q, 4, hidden)
+    # f's first layer on [rel, abs, cell]: the offset per neighbour, the rest once per query.
+    weight, bias = state.coord_weight, state.params[0].bias
+    shared = torch.cat([coords, cell.reshape(b, 1, 2).expand(b, q, 2)], dim=-1)
+    per_query = apply_linear(shared, LayerParams(weight[..., 2:], bias))  # (B, Q, h1)
+    per_offset = apply_linear(rel.reshape(b, q * 4, 2), LayerParams(weight[..., :2], None))
+    pre = gathered + per_offset.reshape(b, q, 4, hidden) + per_query.unsqueeze(2)
+    logits = run_mlp(pre.reshape(b, q * 4, hidden), state.params).reshape(b, q, 4)
     return (logits * weights).sum(-1)

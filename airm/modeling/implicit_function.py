@@ -31,10 +31,11 @@ class LayerModulation:
 
 @dataclass
 class LayerParams:
-    """The weight and bias one layer applies: (out, in) and (out,), or batched (B, out, in)."""
+    """The weight and bias one layer applies: (out, in) and (out,), or batched (B, out, in) and
+    (B, out); no bias: None."""
 
     weight: torch.Tensor
-    bias: torch.Tensor
+    bias: torch.Tensor | None
 
 
 def modulation_gate(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -73,6 +74,8 @@ def apply_linear(x: torch.Tensor, params: LayerParams) -> torch.Tensor:
     """x (B, Q, in) -> (B, Q, out) with shared (out, in) or per-image (B, out, in) weights."""
     if params.weight.dim() == 2:
         return torch.nn.functional.linear(x, params.weight, params.bias)
+    if params.bias is None:
+        return torch.bmm(x, params.weight.transpose(1, 2))
     return torch.baddbmm(params.bias.unsqueeze(1), x, params.weight.transpose(1, 2))
 
 
