@@ -7,7 +7,8 @@ raises `MethodUnavailable` with a one-line reason, and the evaluation skips it.
 - `coarse`: the coarse input itself.
 - `airm`: the shipped model, or the checkpoint given as `airm=PATH`; `airm_untiled`: the same
   with every scale encoded whole (the band still limits the queries); `airm_exhaustive`: the
-  same without either shortcut (every pixel queried, every scale encoded whole).
+  same without either shortcut (every pixel queried, every scale encoded whole);
+  `airm_every_pixel`: every pixel queried, scales encoded in tiles as by default.
 - `sirmf`, `crm`: the paper's ablation (shared implicit function) and the CRM-style baseline
   (shared function, no affinity learning), trained with the same data and budget as the
   shipped model; their weights are in `eval/weights/`. Any other `NAME=PATH` is an airm
@@ -41,6 +42,7 @@ AIRM_OPTIONS: dict[str, Callable[..., InferenceOptions]] = {
     "airm": InferenceOptions,
     "airm_untiled": lambda **fields: InferenceOptions(tile_size=None, **fields),
     "airm_exhaustive": InferenceOptions.exhaustive,
+    "airm_every_pixel": lambda **fields: InferenceOptions(band=None, first_band=None, **fields),
 }
 CASCADEPSP_FOLDER = Path("~/.segmentation-refinement").expanduser()
 

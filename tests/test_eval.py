@@ -153,3 +153,20 @@ def test_benchmark_reports_every_measurement(tmp_path, tiny_checkpoint, capsys):
     printed = capsys.readouterr().out
     assert "192x288 vs 96x144: 4.0x the pixels" in printed
     assert "192x288 vs 96x144, 2 rounds in one process:" in printed
+
+
+def test_airm_variants_switch_off_the_shortcuts_they_name():
+    from airm.inference import InferenceOptions
+    from eval.methods import AIRM_OPTIONS
+
+    default = InferenceOptions()
+    shortcuts = {
+        name: (make().band, make().first_band, make().tile_size, make(precision="float32"))
+        for name, make in AIRM_OPTIONS.items()
+    }
+    queried_band = (default.band, default.first_band)
+    assert shortcuts["airm"][:3] == (*queried_band, default.tile_size)
+    assert shortcuts["airm_untiled"][:3] == (*queried_band, None)
+    assert shortcuts["airm_exhaustive"][:3] == (None, None, None)
+    assert shortcuts["airm_every_pixel"][:3] == (None, None, default.tile_size)
+    assert all(options.precision == "float32" for *_, options in shortcuts.values())
