@@ -8,6 +8,13 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
+def to_size(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, *size), bilinear (pixel centres aligned); unchanged when equal."""
+    if x.shape[-2:] == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
 class PixelFeatureFusion(nn.Module):
     """Project every stage to C channels, upsample to the finest stage, concatenate, fuse.
 
@@ -28,12 +35,7 @@ class PixelFeatureFusion(nn.Module):
 
     def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
         size = stages[0].shape[-2:]
-        maps = [
-            F.interpolate(p(s), size=size, mode="bilinear", align_corners=False)
-            if s.shape[-2:] != size
-            else p(s)
-            for p, s in zip(self.proj, stages, strict=True)
-        ]
+        maps = [to_size(p(s), size) for p, s in zip(self.proj, stages, strict=True)]
         return self.fuse(torch.cat(maps, dim=1))
 
     def folded(self) -> FoldedPixelFeatureFusion:
@@ -72,5 +74,5 @@ class FoldedPixelFeatureFusion(nn.Module):
         size = stages[0].shape[-2:]
         x = self.proj[0](stages[0])
         for p, s in zip(self.proj[1:], stages[1:], strict=True):
-            x = x + F.interpolate(p(s), size=size, mode="bilinear", align_corners=False)
+            x = x + to_size(p(s), size)
         return self.tail(x)
