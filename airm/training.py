@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from airm.allocator import retain_freed_memory
 from airm.build import VARIANTS, build_model
 from airm.checkpoint import load_weights, save_model
 from airm.config import ModelConfig
@@ -257,6 +258,38 @@ def float32_depthwise(model: nn.Module) -> int:
     return swapped
 
 
+def training_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    window: tuple[int, int, int, int],
+    config: TrainConfig,
+    *,
+    device: torch.device,
+    autocast: torch.dtype | None,
+) -> Losses:
+    """One optimiser step on a batch (image, coarse, gt) from the loader, queried in `window`
+    (see `query_window`); returns the losses, still on the device."""
+    image, coarse, gt = (
+        t.to(device, non_blocking=True, memory_format=torch.channels_last) for t in batch
+    )
+    with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=bool(autocast)):
+        output = net(image, coarse, window=window)
+    top, left, size, _ = window
+    gt = gt[..., top : top + size, left : left + size]
+    losses = refinement_losses(
+        output.logits.float(),
+        gt,
+        config.loss,
+        affinity=None if output.affinity is None else output.affinity.float(),
+        affinity_size=output.affinity_size,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    losses.total.backward()
+    optimizer.step()
+    return losses
+
+
 def lr_factor(step: int, config: TrainConfig) -> float:
     return 0.1 ** sum(step >= int(m * config.iterations) for m in config.lr_milestones)
 
@@ -311,6 +344,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
     if config.variant not in VARIANTS:
         raise ValueError(f"unknown variant {config.variant!r}; choose from {sorted(VARIANTS)}")
     rank, world, device = _setup_distributed()
+    if device.type == "cpu":
+        retain_freed_memory()  # 1.3x faster steps here: see airm.allocator
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     last = out / "last.pt"
@@ -382,28 +417,18 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
     running = torch.zeros(len(Losses.NAMES), device=device)
     tic = time.time()
     step = start
-    for step, (image, coarse, gt) in enumerate(loader, start=start + 1):
+    for step, batch in enumerate(loader, start=start + 1):
         for group in optimizer.param_groups:
             group["lr"] = config.lr * lr_factor(step - 1, config)
-        image, coarse, gt = (
-            t.to(device, non_blocking=True, memory_format=torch.channels_last)
-            for t in (image, coarse, gt)
+        losses = training_step(
+            net,
+            optimizer,
+            batch,
+            query_window(step, config),
+            config,
+            device=device,
+            autocast=autocast,
         )
-        window = query_window(step, config)
-        with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=bool(autocast)):
-            output = net(image, coarse, window=window)
-        top, left, size, _ = window
-        gt = gt[..., top : top + size, left : left + size]
-        losses = refinement_losses(
-            output.logits.float(),
-            gt,
-            config.loss,
-            affinity=None if output.affinity is None else output.affinity.float(),
-            affinity_size=output.affinity_size,
-        )
-        optimizer.zero_grad(set_to_none=True)
-        losses.total.backward()
-        optimizer.step()
         running += losses.stacked()
         bar.update(1)
         if step % config.log_interval == 0:

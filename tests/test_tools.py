@@ -6,7 +6,7 @@ from PIL import Image
 
 from airm.data import find_pairs
 from airm.io import read_image, read_mask
-from tools import bench_loader
+from tools import bench_loader, bench_train_step
 from tools.pack_data import main, pack
 
 from conftest import disc_pair
@@ -69,3 +69,12 @@ def test_loader_benchmark_times_both_modes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "3 pairs, batch 2, 0 workers" in out
     assert "decoded" in out and "cached" in out and "cached / decoded:" in out
+
+
+def test_training_step_benchmark_times_both_modes(tmp_path, capsys):
+    big_folder(tmp_path / "data", [(120, 160), (100, 90), (130, 130)])
+    argv = [str(tmp_path / "data"), "--batch-size", "2", "--warmup", "1", "--steps", "1"]
+    assert bench_train_step.main([*argv, "--rounds", "1", "--precision", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "round 1 glibc default:" in out and "round 1      retained:" in out
+    assert "retained / default speed:" in out
