@@ -1,7 +1,10 @@
-"""The band around a binary mask's boundary, in torch, shared by training and inference."""
+"""Binary masks: the band around a boundary (torch, shared by training and inference), and the
+pixels of a sparse mask (OpenCV, for training's crops and coarse masks)."""
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,3 +36,16 @@ def _window_sums(x: torch.Tensor, radius: int) -> torch.Tensor:
     table = F.pad(x, (radius + 1, radius, radius + 1, radius))
     table = table.cumsum(-1, dtype=torch.int32).cumsum(-2, dtype=torch.int32)
     return table[..., k:, k:] - table[..., :-k, k:] - table[..., k:, :-k] + table[..., :-k, :-k]
+
+
+def nonzero_points(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ys, xs) int32 of the nonzero pixels of an HxW uint8 or bool mask, in row-major order:
+    what `np.nonzero` returns, found by OpenCV, 4-5 times faster on a sparse mask such as a
+    boundary (4 against 18 ms at 3 MP)."""
+    mask = np.ascontiguousarray(mask)
+    points = cv2.findNonZero(mask.view(np.uint8) if mask.dtype == bool else mask)
+    if points is None:
+        empty = np.empty(0, np.int32)
+        return empty, empty
+    points = points.reshape(-1, 2)  # (x, y) rows; OpenCV 4 adds a middle axis of 1
+    return points[:, 1], points[:, 0]

@@ -13,6 +13,7 @@ from PIL import Image
 from airm import load_model
 from airm.data import RefinementDataset, find_pairs
 from airm.losses import LossWeights, affinity_labels, affinity_loss, refinement_losses
+from airm.morphology import nonzero_points
 from airm.perturb import perturb_mask
 from airm.training import (
     StepSampler,
@@ -175,6 +176,15 @@ def test_perturbation_reaches_its_target():
     coarse = perturb_mask(gt, rng, iou_target=0.85)
     iou = (coarse & gt).sum() / (coarse | gt).sum()
     assert 0.6 < iou < 0.85
+
+
+def test_nonzero_points_are_numpys_nonzero():
+    rng = np.random.default_rng(0)
+    sparse = rng.random((70, 90)) < 0.05
+    for mask in (sparse, sparse.astype(np.uint8) * 7, sparse[::2, ::-1], np.zeros((5, 6), bool)):
+        ys, xs = nonzero_points(mask)
+        expected = np.nonzero(mask)
+        assert np.array_equal(ys, expected[0]) and np.array_equal(xs, expected[1])
 
 
 def test_sampler_resumes_where_it_stopped():
