@@ -345,7 +345,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
         raise ValueError(f"unknown variant {config.variant!r}; choose from {sorted(VARIANTS)}")
     rank, world, device = _setup_distributed()
     if device.type == "cpu":
-        retain_freed_memory()  # 1.3x faster steps here: see airm.allocator
+        retain_freed_memory()  # 1.23x faster steps on this project's CPU: see airm.allocator
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     last = out / "last.pt"
