@@ -184,6 +184,11 @@ class RefinementDataset(Dataset):
     from the object's outline (inference that queries every pixel asks it there); of the rest,
     most are centred near a boundary point, where the refining is, and some fall anywhere.
 
+    Whole views: a `whole_fraction` of items is rescaled so that the image's shorter side is
+    the crop size, the view the first scale of inference refines (there, asked about every
+    pixel, the model marked salient objects the coarse mask leaves out); the others take a
+    random scale between that and full resolution, or full resolution.
+
     Copy-paste: a `paste_fraction` of items paste the object of another pair (its true mask,
     edges feathered by a fraction of a pixel) onto this pair's photograph, at a random place
     and size, and that object becomes the one to refine; the photograph's own object stays as
@@ -205,17 +210,24 @@ class RefinementDataset(Dataset):
         crop_size: int = 224,
         far_fraction: float = 0.0,
         paste_fraction: float = 0.0,
+        whole_fraction: float = 0.0,
         seed: int = 0,
         cache: bool = False,
         cache_threads: int = 1,
     ) -> None:
-        for name, value in (("far_fraction", far_fraction), ("paste_fraction", paste_fraction)):
+        fractions = {
+            "far_fraction": far_fraction,
+            "paste_fraction": paste_fraction,
+            "whole_fraction": whole_fraction,
+        }
+        for name, value in fractions.items():
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         self.pairs = pairs
         self.crop_size = crop_size
         self.far_fraction = far_fraction
         self.paste_fraction = paste_fraction
+        self.whole_fraction = whole_fraction
         self.seed = seed
         self.epoch = 0
         self.cached: list[tuple[np.ndarray, np.ndarray]] | None = None
@@ -271,7 +283,13 @@ class RefinementDataset(Dataset):
     def _rescale(self, image, gt, coarse, rng):
         short = min(gt.shape)
         lo = min(1.0, self.crop_size / short)
-        scale = float(np.exp(rng.uniform(np.log(lo), 0.0))) if rng.random() < 0.6 else 1.0
+        # No draw without whole views, so that the other items stay what they were.
+        if self.whole_fraction and rng.random() < self.whole_fraction:
+            scale = lo
+        elif rng.random() < 0.6:
+            scale = float(np.exp(rng.uniform(np.log(lo), 0.0)))
+        else:
+            scale = 1.0
         if scale >= 0.999:
             return image, gt, coarse
         size = (max(1, round(gt.shape[1] * scale)), max(1, round(gt.shape[0] * scale)))

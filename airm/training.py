@@ -70,6 +70,9 @@ class TrainConfig:
     # Fraction of items that paste another pair's object onto the photograph (copy-paste; off
     # until an equal-budget run shows it helps on val).
     paste_fraction: float = 0.0
+    # Fraction of items seen whole, as inference's first scale sees them (the image's shorter
+    # side rescaled to the crop size); off until an equal-budget run shows it helps on val.
+    whole_fraction: float = 0.0
     # DataLoader workers per process; None: this process's share of the machine's cores.
     workers: int | None = None
     # Decode the training pairs once and keep them in memory, shared by the workers (see
@@ -168,6 +171,7 @@ def training_items(config: TrainConfig, *, threads: int = 1) -> RefinementDatase
         crop_size=config.crop_size,
         far_fraction=config.far_fraction,
         paste_fraction=config.paste_fraction,
+        whole_fraction=config.whole_fraction,
         seed=config.seed,
         cache=config.cache_images,
         cache_threads=threads,

@@ -134,6 +134,33 @@ def test_paste_fraction_in_the_dataset(big_folder):
         RefinementDataset(pairs, paste_fraction=-0.1)
 
 
+def test_whole_views_show_the_image_at_the_first_scales_size(tmp_path):
+    # A 128 x 128 pair whose object is the left half: seen whole with 64 px crops, the image
+    # is halved and the crop is all of it, so its truth is exactly half foreground.
+    root = tmp_path / "half"
+    root.mkdir()
+    truth = np.zeros((128, 128), bool)
+    truth[:, :64] = True
+    image = np.where(truth[..., None], 200, 40).astype(np.uint8).repeat(3, axis=2)
+    Image.fromarray(image).save(root / "h_im.png")
+    Image.fromarray(truth.astype(np.uint8) * 255).save(root / "h_gt.png")
+    pairs = find_pairs(root)
+
+    def foreground(dataset: RefinementDataset) -> set[float]:
+        fractions = set()
+        for epoch in range(24):
+            dataset.set_epoch(epoch)
+            _, _, gt = dataset[0]
+            assert gt.shape == (1, 64, 64)
+            fractions.add(round(gt.mean().item(), 4))
+        return fractions
+
+    assert foreground(RefinementDataset(pairs, crop_size=64, whole_fraction=1.0)) == {0.5}
+    assert len(foreground(RefinementDataset(pairs, crop_size=64))) > 1
+    with pytest.raises(ValueError, match="whole_fraction"):
+        RefinementDataset(pairs, whole_fraction=1.5)
+
+
 def test_cached_pairs_give_the_same_items_and_cannot_be_altered(big_folder):
     pairs = find_pairs(big_folder)
     options = dict(crop_size=64, far_fraction=0.3, paste_fraction=0.5, seed=3)

@@ -54,6 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="fraction of items that paste another pair's object onto the photograph",
     )
     p.add_argument(
+        "--whole-fraction",
+        type=float,
+        default=None,
+        help="fraction of items seen whole (shorter side at the crop size), as the first scale",
+    )
+    p.add_argument(
         "--workers", type=int, default=None, help="DataLoader workers per process (default: cores)"
     )
     p.add_argument(
@@ -116,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         "query_size": args.query_size,
         "far_fraction": args.far_fraction,
         "paste_fraction": args.paste_fraction,
+        "whole_fraction": args.whole_fraction,
         "query_anywhere": args.query_anywhere,
         "workers": args.workers,
         "cache_images": args.cache_images,
