@@ -168,3 +168,40 @@ def test_airm_variants_switch_off_the_shortcuts_they_name():
     assert shortcuts["airm_exhaustive"] == (None, None, None)
     assert shortcuts["airm_every_pixel"] == (None, None, default.tile_size)
     assert all(o.precision == "float32" for o in options.values())
+
+
+def test_every_pixel_gap_counts_the_errors_only_one_path_makes(tmp_path, tiny_checkpoint, capsys):
+    from eval.every_pixel import BINS, image_gap
+    from eval.every_pixel import main as every_pixel
+
+    yy, xx = np.mgrid[:200, :200]
+    truth = (yy - 100) ** 2 + (xx - 100) ** 2 < 40**2
+    coarse = truth.copy()
+    default = truth.copy()
+    default[100, 138:140] = False  # two pixels wrong on the default path only
+    every = truth.copy()
+    every[5:15, 5:15] = True  # a blob far from the object: 100 false foreground pixels
+    every[100, 61] = False  # one false background pixel at the boundary
+    gap = image_gap(truth, coarse, default, every)
+    # The blob lies 82 to 94 px from the coarse boundary: all in the 48-96 bin.
+    assert BINS[3:] == (48, 96) and list(gap.false_fg) == [0, 0, 0, 100, 0]
+    assert gap.false_bg.sum() == 1 and gap.false_bg[0] == 1
+    assert gap.fixed == 2 and gap.extra == 99
+    assert gap.inter_every == truth.sum() - 1 and gap.union_every == truth.sum() + 100
+
+    data, out = tmp_path / "val", tmp_path / "out"
+    data.mkdir()
+    image = np.where(truth[..., None], 200, 30).astype(np.uint8).repeat(3, axis=2)
+    Image.fromarray(image).save(data / "c-0_im.png")
+    for suffix, mask in (("gt", truth), ("seg", coarse)):
+        Image.fromarray(mask.astype(np.uint8) * 255).save(data / f"c-0_{suffix}.png")
+    for method, mask in (("airm", default), ("airm_exhaustive", every)):
+        (out / method).mkdir(parents=True)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(out / method / "c-0_mask.png")
+    argv = [str(out), "--data", str(data), "--rerun", "1", "--checkpoint", str(tiny_checkpoint)]
+    assert every_pixel(argv) == 0
+    report = capsys.readouterr().out
+    assert "| false fg | 0 | 0 | 0 | 100 | 0 | 100 |" in report
+    assert "| c-0 | 99 | 100 | 1 |" in report
+    assert "| c-0 | 2 | 101 |" in report  # the rerun's row: wrong pixels of both paths, then its own
+    assert every_pixel([str(out), "--data", str(data), "--every", "missing"]) == 2
