@@ -51,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--paste-fraction",
         type=float,
         default=None,
-        help="fraction of items that paste another pair's object onto the photograph",
+        help="fraction of items that paste another pair's object onto the photograph "
+        "(default 0.3; 0: none)",
     )
     p.add_argument(
         "--whole-fraction",
