@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from airm.io import read_image, read_mask
-from airm.morphology import nonzero_points
+from airm.morphology import boundaries, nonzero_points
 from airm.perturb import lowres_mask, perturb_mask
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -91,13 +91,6 @@ def make_coarse(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.5:
         return perturb_mask(gt, rng, iou_target=rng.uniform(0.8, 1.0))
     return lowres_mask(gt, rng)
-
-
-def _boundaries(masks: list[np.ndarray]) -> np.ndarray:
-    """uint8 HxW: 1 on the 3x3 morphological gradient of any of the bool masks."""
-    kernel = np.ones((3, 3), np.uint8)
-    edges = [cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_GRADIENT, kernel) for m in masks]
-    return np.maximum.reduce(edges)
 
 
 def _boundary_point(edges: np.ndarray, rng: np.random.Generator) -> tuple[int, int] | None:
@@ -308,11 +301,11 @@ class RefinementDataset(Dataset):
             gt = np.pad(gt, pad, mode="reflect" if min(h, w) > 1 else "edge")
             coarse = np.pad(coarse, pad, mode="reflect" if min(h, w) > 1 else "edge")
             h, w = gt.shape
-        edges = _boundaries([gt, coarse])
+        edges = boundaries([gt, coarse])
         if rng.random() < self.far_fraction:
             y0, x0 = _far_window(edges, s, rng)
         else:
-            near = _boundary_point(edges if rng.random() < 0.3 else _boundaries([gt]), rng)
+            near = _boundary_point(edges if rng.random() < 0.3 else boundaries([gt]), rng)
             if near is not None and rng.random() < 0.8:
                 cy = near[0] + int(rng.integers(-s // 4, s // 4 + 1))
                 cx = near[1] + int(rng.integers(-s // 4, s // 4 + 1))

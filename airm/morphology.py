@@ -1,5 +1,6 @@
-"""Binary masks: the band around a boundary (torch, shared by training and inference), and the
-pixels of a sparse mask (OpenCV, for training's crops and coarse masks)."""
+"""Binary masks: the band around a boundary (torch, shared by training and inference), the
+boundary pixels and the pixels of a sparse mask (OpenCV, for training's crops and coarse masks
+and for evaluation's diagnostics)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,13 @@ def _window_sums(x: torch.Tensor, radius: int) -> torch.Tensor:
     table = F.pad(x, (radius + 1, radius, radius + 1, radius))
     table = table.cumsum(-1, dtype=torch.int32).cumsum(-2, dtype=torch.int32)
     return table[..., k:, k:] - table[..., :-k, k:] - table[..., k:, :-k] + table[..., :-k, :-k]
+
+
+def boundaries(masks: list[np.ndarray]) -> np.ndarray:
+    """uint8 HxW: 1 on the 3x3 morphological gradient of any of the bool masks."""
+    kernel = np.ones((3, 3), np.uint8)
+    edges = [cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_GRADIENT, kernel) for m in masks]
+    return np.maximum.reduce(edges)
 
 
 def nonzero_points(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,8 @@ import numpy as np
 
 from airm.data import Pair, find_pairs
 from airm.io import read_image, read_mask
+from airm.metrics import iou_counts
+from airm.morphology import boundaries
 from eval.run import mask_path
 
 # Edges of the distance bins, in pixels from the coarse mask's boundary.
@@ -62,8 +64,8 @@ _COUNTS = ("fixed", "inter_default", "union_default", "inter_every", "union_ever
 
 def boundary_distance(mask: np.ndarray) -> np.ndarray:
     """float32 HxW: each pixel's distance from the boundary of bool `mask`."""
-    edge = cv2.morphologyEx(mask.view(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
-    return cv2.distanceTransform((edge == 0).view(np.uint8), cv2.DIST_L2, 3)
+    off_edge = (boundaries([mask]) == 0).view(np.uint8)
+    return cv2.distanceTransform(off_edge, cv2.DIST_L2, 3)
 
 
 def image_gap(gt: np.ndarray, coarse: np.ndarray, default: np.ndarray, every: np.ndarray) -> Gap:
@@ -79,10 +81,8 @@ def image_gap(gt: np.ndarray, coarse: np.ndarray, default: np.ndarray, every: np
         binned(only_every & every),
         binned(only_every & ~every),
         int(((default != gt) & (every == gt)).sum()),
-        int((default & gt).sum()),
-        int((default | gt).sum()),
-        int((every & gt).sum()),
-        int((every | gt).sum()),
+        *iou_counts(default, gt),
+        *iou_counts(every, gt),
     )
 
 
