@@ -6,10 +6,12 @@ from PIL import Image
 
 from airm.data import find_pairs
 from airm.io import read_image, read_mask
-from tools import bench_loader, bench_train_step
+from airm import Refiner
+from airm.inference import InferenceOptions, scale_sizes
+from tools import bench_loader, bench_train_step, window_area
 from tools.pack_data import main, pack
 
-from conftest import disc_pair
+from conftest import disc_pair, tiny_model
 
 
 def big_folder(root, sizes, *, coarse=False):
@@ -78,3 +80,27 @@ def test_training_step_benchmark_times_both_modes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "round 1 glibc default:" in out and "round 1      retained:" in out
     assert "retained / default speed:" in out
+
+
+def test_window_counts_are_the_work_of_each_scale(tmp_path, capsys):
+    image, coarse = disc_pair(500, 700)
+    refiner = Refiner(tiny_model("airm_efficientnet_lite0"), device="cpu")
+    every = refiner.with_options(InferenceOptions.exhaustive())
+    scales = window_area.count_scales(every, image, coarse)
+    # Every pixel queried, each scale one window: the counts are the scales' areas.
+    sizes = scale_sizes(500, 700, every.options)
+    assert [s["size"] for s in scales] == sizes
+    assert [s["windows"] for s in scales] == [1] * len(sizes)
+    assert [s["queries"] for s in scales] == [h * w for h, w in sizes]
+    assert [round(s["encoded_mp"] * 1e6) for s in scales] == [h * w for h, w in sizes]
+    assert "encode" not in vars(refiner.model)  # the counting is undone
+    banded = window_area.count_scales(refiner, image, coarse)  # the default: band and tiles
+    assert 0 < window_area.totals(banded)["queries"] < window_area.totals(scales)["queries"]
+
+
+def test_window_area_prints_each_scale_and_the_ratios(tiny_checkpoint, capsys):
+    argv = ["--checkpoint", str(tiny_checkpoint), "--sizes", "240x360", "480x720"]
+    assert window_area.main([*argv, "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "  480x720     480x720" in out
+    assert "last size against the first (all scales): windows" in out
