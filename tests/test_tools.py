@@ -4,10 +4,10 @@ import tarfile
 import numpy as np
 from PIL import Image
 
-from airm.data import find_pairs
-from airm.io import read_image, read_mask
 from airm import Refiner
+from airm.data import find_pairs
 from airm.inference import InferenceOptions, scale_sizes
+from airm.io import read_image, read_mask
 from tools import bench_loader, bench_train_step, window_area
 from tools.pack_data import main, pack
 
