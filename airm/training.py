@@ -342,6 +342,23 @@ def _setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
+def _drop_records_after(log_path: Path, step: int) -> None:
+    """Remove the log's records of steps after `step`: a run stopped after its last checkpoint
+    logged steps that its resumption does again, and each step is then logged once. A line cut
+    short by the stop goes too."""
+
+    def keep(line: str) -> bool:
+        try:
+            return json.loads(line).get("step", 0) <= step
+        except json.JSONDecodeError:
+            return False
+
+    lines = log_path.read_text().splitlines()
+    kept = [line for line in lines if keep(line)]
+    if len(kept) < len(lines):
+        atomic_write(log_path, lambda tmp: Path(tmp).write_text("".join(f"{x}\n" for x in kept)))
+
+
 def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = None) -> Path:
     """Train; returns the path of the final inference checkpoint.
 
@@ -412,6 +429,9 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
             )
             + "\n"
         )
+
+    if rank == 0 and resuming and log_path.is_file():
+        _drop_records_after(log_path, start)
 
     def log(record: dict) -> None:
         with log_path.open("a") as f:

@@ -254,9 +254,17 @@ def test_resume_continues_exactly(big_folder, tmp_path):
     straight = train(tiny_config(big_folder, tmp_path / "a"))
     train(tiny_config(big_folder, tmp_path / "b"), stop_at=2)
     assert not (tmp_path / "b" / "final.safetensors").exists()
+    log = tmp_path / "b" / "log.jsonl"
+    with log.open("a") as f:  # as a run killed after step 3, past its checkpoint at 2, leaves it
+        f.write(json.dumps({"event": "train", "step": 3, "total": -1.0}) + "\n")
+        f.write('{"event": "train", "st')  # a line cut short by the kill
     resumed = train(tiny_config(big_folder, tmp_path / "b"), resume=True)
     a, b = load_model(straight).state_dict(), load_model(resumed).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    records = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["event"] for x in records[:1]] == ["config"]
+    assert [x["step"] for x in records if x["event"] == "train"] == [1, 2, 3, 4]  # each once
+    assert all(x["total"] > 0 for x in records if x["event"] == "train")
 
 
 def test_training_from_cached_pairs_gives_the_same_weights(big_folder, tmp_path):
