@@ -429,8 +429,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
             )
             + "\n"
         )
-
-    if rank == 0 and resuming and log_path.is_file():
+    elif rank == 0 and log_path.is_file():
         _drop_records_after(log_path, start)
 
     def log(record: dict) -> None:

@@ -38,6 +38,12 @@ from eval.methods import AIRM_OPTIONS, CASCADEPSP_FOLDER  # noqa: E402
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples"
 
 
+def parse_size(value: str) -> tuple[int, int]:
+    """ "HxW" -> (H, W)."""
+    height, width = value.lower().split("x")
+    return int(height), int(width)
+
+
 def _load(image_path: str, coarse_path: str, size: tuple[int, int]):
     import cv2
 
@@ -250,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     add_precision_argument(p)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
     results: list[dict] = []
     print(
         f"{'device':<7}{'size':>12}{'MP':>6}  {'method':<12}{'seconds':>9}{'peak RSS MB':>13}"
@@ -281,12 +287,12 @@ def main(argv: list[str] | None = None) -> int:
             r = run_in_process(measure_rounds, {**job, **common})
             results.append({"device": device, "method": "rounds", **r})
         if args.folder:
-            size = tuple(int(v) for v in args.folder_size.split("x"))
+            size = parse_size(args.folder_size)
             r = run_in_process(measure_folder, {"size": list(size), "pairs": args.folder, **common})
             results.append({"device": device, "size": list(size), "method": "folder", **r})
             print(_row(device, "folder", size, r) + f"   ({1 / r['seconds']:.1f} images/s)")
         if args.cascadepsp_size != "none":
-            size = tuple(int(v) for v in args.cascadepsp_size.split("x"))
+            size = parse_size(args.cascadepsp_size)
             r = run_in_process(
                 measure_cascadepsp,
                 {"size": list(size), "cascadepsp_folder": args.cascadepsp_folder, **common},

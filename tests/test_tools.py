@@ -82,7 +82,7 @@ def test_training_step_benchmark_times_both_modes(tmp_path, capsys):
     assert "retained / default speed:" in out
 
 
-def test_window_counts_are_the_work_of_each_scale(tmp_path, capsys):
+def test_window_counts_are_the_work_of_each_scale():
     image, coarse = disc_pair(500, 700)
     refiner = Refiner(tiny_model("airm_efficientnet_lite0"), device="cpu")
     every = refiner.with_options(InferenceOptions.exhaustive())
@@ -99,7 +99,7 @@ def test_window_counts_are_the_work_of_each_scale(tmp_path, capsys):
 
 
 def test_window_area_prints_each_scale_and_the_ratios(tiny_checkpoint, capsys):
-    argv = ["--checkpoint", str(tiny_checkpoint), "--sizes", "240x360", "480x720"]
+    argv = ["--checkpoint", str(tiny_checkpoint), "--sizes", "240x360,480x720"]
     assert window_area.main([*argv, "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "  480x720     480x720" in out

@@ -1,6 +1,6 @@
 """Where refinement's work goes, scale by scale: windows encoded, their area, queries, seconds.
 
-    python tools/window_area.py --sizes 1080x1920 2160x3840
+    python tools/window_area.py --sizes 1080x1920,2160x3840
 
 The benchmark's scene (`eval.benchmark`: the example image and its coarse mask, resized) is
 refined at each size with the default options, and each scale of the coarse-to-fine loop is
@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 import airm.inference  # noqa: E402
 from airm.api import get_refiner  # noqa: E402
-from eval.benchmark import EXAMPLE, _load  # noqa: E402
+from eval.benchmark import EXAMPLE, _load, parse_size  # noqa: E402
 
 FIELDS = ("windows", "encoded_mp", "queries", "seconds")
 
@@ -68,14 +68,11 @@ def totals(scales: list[dict]) -> dict:
     return {field: sum(s[field] for s in scales) for field in FIELDS}
 
 
-def size_arg(value: str) -> tuple[int, int]:
-    height, width = value.lower().split("x")
-    return int(height), int(width)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=size_arg, nargs="+", default=[(1080, 1920), (2160, 3840)])
+    parser.add_argument(
+        "--sizes", default="1080x1920,2160x3840", help="comma-separated HxW sizes, as benchmarked"
+    )
     parser.add_argument("--checkpoint", help="airm checkpoint (default: the shipped model)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=3, help="refinements per size (median)")
@@ -86,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     refiner.refine(*_load(str(image_path), str(coarse_path), (480, 720)))  # warm-up
     print(f"{'size':>11} {'scale':>11} {'windows':>8} {'encoded MP':>11} {'queries':>9} {'s':>7}")
     overall = []
-    for size in args.sizes:
+    for size in [parse_size(s) for s in args.sizes.split(",")]:
         scene = _load(str(image_path), str(coarse_path), size)
         runs = [count_scales(refiner, *scene) for _ in range(args.repeats)]
         scales = runs[0]  # the counts repeat exactly; only the seconds vary
