@@ -146,6 +146,16 @@ def boundary_band(prob: torch.Tensor, band: int, uncertain: tuple[float, float])
     return near | ((prob > lo) & (prob < hi))
 
 
+def queried_pixels(
+    prob: torch.Tensor, band: int | None, uncertain: tuple[float, float]
+) -> torch.Tensor:
+    """(1, 1, h, w) probabilities -> bool (h, w): the pixels a scale queries, those of
+    `boundary_band`, or every one when band is None."""
+    if band is None:
+        return torch.ones(prob.shape[-2:], dtype=torch.bool, device=prob.device)
+    return boundary_band(prob, band, uncertain)[0, 0]
+
+
 def _near_boundary_cv2(binary: torch.Tensor, band: int) -> torch.Tensor:
     kernel = np.ones((2 * band + 1, 2 * band + 1), np.uint8)
     out = torch.empty_like(binary)
@@ -265,10 +275,7 @@ def refine_at_scale(
     scattering the results all stay on the device.
     """
     h, w = image.shape[-2:]
-    if band is None:
-        wanted = torch.ones(h, w, dtype=torch.bool, device=image.device)
-    else:
-        wanted = boundary_band(prob, band, uncertain)[0, 0]
+    wanted = queried_pixels(prob, band, uncertain)
     grid = TileGrid.plan(h, w, tile_size, tile_context)
     ys, xs = wanted.nonzero(as_tuple=True)
     out = prob.clone()

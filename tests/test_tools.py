@@ -2,6 +2,7 @@ import json
 import tarfile
 
 import numpy as np
+import torch
 from PIL import Image
 
 from airm import Refiner
@@ -93,9 +94,20 @@ def test_window_counts_are_the_work_of_each_scale():
     assert [s["windows"] for s in scales] == [1] * len(sizes)
     assert [s["queries"] for s in scales] == [h * w for h, w in sizes]
     assert [round(s["encoded_mp"] * 1e6) for s in scales] == [h * w for h, w in sizes]
+    assert [round(s["least_mp"] * 1e6) for s in scales] == [h * w for h, w in sizes]
     assert "encode" not in vars(refiner.model)  # the counting is undone
     banded = window_area.count_scales(refiner, image, coarse)  # the default: band and tiles
     assert 0 < window_area.totals(banded)["queries"] < window_area.totals(scales)["queries"]
+    # Windows hold each queried pixel with its context, so they cover at least the least area.
+    assert all(0 < s["least_mp"] <= s["encoded_mp"] for s in banded)
+
+
+def test_least_area_is_the_queried_pixels_grown_by_the_context():
+    queried = torch.zeros(50, 60, dtype=torch.bool)
+    queried[10, 20] = True  # a 9 x 9 square around it
+    queried[47, 58] = True  # clipped at the corner: 7 x 6
+    assert window_area.least_area(queried, 4) == 81 + 42
+    assert window_area.least_area(torch.zeros(5, 5, dtype=torch.bool), 4) == 0
 
 
 def test_window_area_prints_each_scale_and_the_ratios(tiny_checkpoint, capsys):

@@ -4,10 +4,13 @@
 
 The benchmark's scene (`eval.benchmark`: the example image and its coarse mask, resized) is
 refined at each size with the default options, and each scale of the coarse-to-fine loop is
-counted: the windows the encoder ran on, their total area (the encoder's work), the queried
-pixels (the decoder's work) and the seconds. The last lines give each figure's ratio between
-the last size and the first. The boundary doubles in length from 2 to 8 MP, so time that grows
-with the boundary grows about 2x; a figure that grows more says where the rest comes from.
+counted: the windows the encoder ran on, their total area (the encoder's work), the least area
+any windows could encode for that scale's queried pixels (those pixels with `tile_context`
+pixels around each, clipped to the scale: what windows that wasted nothing would cover), the
+queried pixels (the decoder's work) and the seconds. The last lines give each figure's ratio
+between the last size and the first. The boundary doubles in length from 2 to 8 MP, so time
+that grows with the boundary grows about 2x; a figure that grows more says where the rest
+comes from, and the least area says how much of it a better choice of windows could remove.
 
 Counting wraps `airm.inference.refine_at_scale` and the model's `encode` and `query` in this
 process only; the refinement itself is the one `airm.refine` runs.
@@ -23,13 +26,22 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import airm.inference  # noqa: E402
 from airm.api import get_refiner  # noqa: E402
 from eval.benchmark import EXAMPLE, _load, parse_size  # noqa: E402
 
-FIELDS = ("windows", "encoded_mp", "queries", "seconds")
+FIELDS = ("windows", "encoded_mp", "least_mp", "queries", "seconds")
+
+
+def least_area(queried: torch.Tensor, context: int) -> int:
+    """Pixels within `context` pixels (a square) of a queried pixel of bool (h, w) `queried`:
+    the area any windows holding each queried pixel with its context must cover."""
+    kernel = np.ones((2 * context + 1, 2 * context + 1), np.uint8)
+    return int(np.count_nonzero(cv2.dilate(queried.cpu().numpy().view(np.uint8), kernel)))
 
 
 def count_scales(refiner, image, coarse) -> list[dict]:
@@ -49,6 +61,8 @@ def count_scales(refiner, image, coarse) -> list[dict]:
 
     def counted_scale(model, image, prob, **kwargs):
         scales.append({"size": tuple(image.shape[-2:]), **dict.fromkeys(FIELDS, 0)})
+        queried = airm.inference.queried_pixels(prob, kwargs["band"], kwargs["uncertain"])
+        scales[-1]["least_mp"] = least_area(queried, kwargs["tile_context"]) / 1e6
         tic = time.perf_counter()
         out = refine_at_scale(model, image, prob, **kwargs)
         scales[-1]["seconds"] = time.perf_counter() - tic
@@ -81,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     refiner = get_refiner(args.checkpoint, "cpu").with_options(max_pixels=None)
     image_path, coarse_path = EXAMPLE / "composite_im.jpg", EXAMPLE / "composite_seg.png"
     refiner.refine(*_load(str(image_path), str(coarse_path), (480, 720)))  # warm-up
-    print(f"{'size':>11} {'scale':>11} {'windows':>8} {'encoded MP':>11} {'queries':>9} {'s':>7}")
+    print(
+        f"{'size':>11} {'scale':>11} {'windows':>8} {'encoded MP':>11} {'least MP':>9}"
+        f" {'queries':>9} {'s':>7}"
+    )
     overall = []
     for size in [parse_size(s) for s in args.sizes.split(",")]:
         scene = _load(str(image_path), str(coarse_path), size)
@@ -92,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             label = "x".join(map(str, size))
             print(
                 f"{label:>11} {'x'.join(map(str, scale['size'])):>11} {scale['windows']:>8}"
-                f" {scale['encoded_mp']:>11.2f} {scale['queries']:>9} {scale['seconds']:>7.3f}"
+                f" {scale['encoded_mp']:>11.2f} {scale['least_mp']:>9.2f} {scale['queries']:>9}"
+                f" {scale['seconds']:>7.3f}"
             )
         overall.append(totals(scales))
     if len(overall) > 1:
