@@ -76,3 +76,25 @@ class ModelConfig:
             raise ValueError(f"unknown model config fields {sorted(unknown)}")
         # JSON has no tuples; the dataclass is frozen and hashed, so restore them.
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def field_overrides(specs: list[str], cls: type, flag: str) -> tuple[tuple[str, object], ...]:
+    """FIELD=VALUE command-line flags for the dataclass `cls` -> ((field, value), ...); VALUE is
+    JSON (lists become tuples, as the configurations hold them). An unknown field or an
+    unreadable value is a ValueError that names `flag`."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    overrides = []
+    for spec in specs:
+        name, sep, text = spec.partition("=")
+        if not sep or name not in known:
+            raise ValueError(
+                f"{flag} wants FIELD=VALUE with FIELD one of {sorted(known)}, got {spec!r}"
+            )
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise ValueError(
+                f"{flag} {spec!r}: the value is not JSON (e.g. 8, 1.5, true, [64,64])"
+            ) from None
+        overrides.append((name, tuple(value) if isinstance(value, list) else value))
+    return tuple(overrides)

@@ -37,12 +37,19 @@ BASELINES = {
     "crm": WEIGHTS / "crm_efficientnet_lite0.safetensors",
 }
 CLASSICAL = ("cascadepsp", "guided_filter", "dense_crf")
+
+
+def _mode(**mode_fields) -> Callable[..., InferenceOptions]:
+    """The options of an airm mode: `mode_fields` over any other fields given."""
+    return lambda **fields: InferenceOptions(**{**fields, **mode_fields})
+
+
 # The shipped model (or airm=PATH) under each inference mode.
 AIRM_OPTIONS: dict[str, Callable[..., InferenceOptions]] = {
-    "airm": InferenceOptions,
-    "airm_untiled": lambda **fields: InferenceOptions(tile_size=None, **fields),
-    "airm_exhaustive": InferenceOptions.exhaustive,
-    "airm_every_pixel": lambda **fields: InferenceOptions(band=None, first_band=None, **fields),
+    "airm": _mode(),
+    "airm_untiled": _mode(tile_size=None),
+    "airm_exhaustive": _mode(band=None, first_band=None, tile_size=None),
+    "airm_every_pixel": _mode(band=None, first_band=None),
 }
 CASCADEPSP_FOLDER = Path("~/.segmentation-refinement").expanduser()
 
@@ -63,17 +70,21 @@ def build_method(
     device: str | None = None,
     cascadepsp_folder: Path | None = None,
     precision: str = "auto",
+    inference: dict | None = None,
 ) -> RefineFn:
     """The refine function of method `name` (see the module docstring); airm models run at
-    `precision` (`InferenceOptions.precision`)."""
+    `precision` (`InferenceOptions.precision`) with the other `InferenceOptions` fields of
+    `inference` (a mode's own fields win: `airm_exhaustive` queries every pixel whatever
+    `inference` says)."""
     checkpoints = checkpoints or {}
+    inference = {**(inference or {}), "precision": precision}
     if name == "coarse":
         return _coarse
     if name in AIRM_OPTIONS:
-        options = AIRM_OPTIONS[name](precision=precision)
+        options = AIRM_OPTIONS[name](**inference)
         return _airm(checkpoints.get("airm"), device, options)
     if name in checkpoints or name in BASELINES:
-        options = InferenceOptions(precision=precision)
+        options = InferenceOptions(**inference)
         return _airm(checkpoints.get(name) or BASELINES[name], device, options)
     if name == "cascadepsp":
         return _cascadepsp(cascadepsp_folder or CASCADEPSP_FOLDER, device)

@@ -28,7 +28,9 @@ if __package__ in (None, ""):  # `python eval/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from airm.cli.refine import add_precision_argument  # noqa: E402
+from airm.config import field_overrides  # noqa: E402
 from airm.data import Pair, find_pairs  # noqa: E402
+from airm.inference import InferenceOptions  # noqa: E402
 from airm.scoring import read_coarse, score_pairs  # noqa: E402
 from eval.child import run_in_process  # noqa: E402
 from eval.methods import (  # noqa: E402
@@ -222,6 +224,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--device", default=None, help="torch device for the models")
     add_precision_argument(p)
+    p.add_argument(
+        "--inference",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="an InferenceOptions field for every airm method (repeatable; VALUE is JSON), "
+        "e.g. min_step=1.0 for the scales of the earlier default",
+    )
     p.add_argument("--limit", type=int, default=None, help="score only the first N pairs")
     p.add_argument(
         "--overlays",
@@ -245,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         checkpoints[name] = Path(path)
+    try:
+        inference = dict(field_overrides(args.inference, InferenceOptions, "--inference"))
+        InferenceOptions(**inference)
+    except (TypeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     methods = [m for m in args.methods.split(",") if m]
     methods += [n for n in checkpoints if n not in methods]
     try:
@@ -268,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "cascadepsp_folder": args.cascadepsp_folder,
         "precision": args.precision,
+        "inference": inference,
     }
     rows, skipped = [], {}
     for name in methods:

@@ -93,11 +93,26 @@ def test_cascadepsp_without_weights_is_skipped_with_a_reason(tmp_path, capsys):
         ["--methods", "coarse,nope"],
         ["--checkpoint", "x=missing.safetensors"],
         ["--checkpoint", "no-equals-sign"],
+        ["--inference", "nope=1"],
+        ["--inference", "min_step=0.5"],
+        ["--inference", "band=wide"],
     ],
 )
 def test_bad_arguments_exit_2(tmp_path, argv):
     data = big_folder(tmp_path / "val", n=1)
     assert main(["--data", str(data), "--out", str(tmp_path / "out"), *argv]) == 2
+
+
+def test_inference_fields_reach_every_airm_method(tiny_checkpoint):
+    from eval.methods import build_method
+
+    checkpoints = {"airm": tiny_checkpoint, "tiny": tiny_checkpoint}
+    for name in ("airm", "airm_exhaustive", "tiny"):
+        refine = build_method(
+            name, checkpoints=checkpoints, inference={"min_step": 1.0, "tile_context": 16}
+        )
+        options = refine.__self__.options  # the Refiner's
+        assert (options.min_step, options.tile_context) == (1.0, 16)
 
 
 def test_a_folder_without_pairs_exits_2(tmp_path):
@@ -168,6 +183,10 @@ def test_airm_variants_switch_off_the_shortcuts_they_name():
     assert shortcuts["airm_exhaustive"] == (None, None, None)
     assert shortcuts["airm_every_pixel"] == (None, None, default.tile_size)
     assert all(o.precision == "float32" for o in options.values())
+    # Other fields pass through; a mode's own fields win.
+    exhaustive = AIRM_OPTIONS["airm_exhaustive"](min_step=1.0, band=4)
+    assert (exhaustive.min_step, exhaustive.band) == (1.0, None)
+    assert InferenceOptions.exhaustive() == AIRM_OPTIONS["airm_exhaustive"]()
 
 
 def test_every_pixel_gap_counts_the_errors_only_one_path_makes(tmp_path, tiny_checkpoint, capsys):

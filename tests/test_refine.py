@@ -109,6 +109,23 @@ def test_scale_sizes_respect_the_training_crop():
         (4000, 6000),
     ]
     assert scale_sizes(300, 300, options) == [(224, 224), (300, 300)]
+    assert scale_sizes(150, 200, options) == [(150, 200)]
+
+
+def test_scale_sizes_skip_a_scale_too_close_to_the_last():
+    # 0.5 of 480 is 240, barely above the first scale (raised to 224): skipped by default.
+    assert scale_sizes(480, 854, InferenceOptions()) == [(224, 399), (480, 854)]
+    assert scale_sizes(480, 854, InferenceOptions(min_step=1.0)) == [
+        (224, 399),
+        (240, 427),
+        (480, 854),
+    ]
+    # 1164 x 1746: 224 (raised from 146), 291 (1.3 times 224: skipped), 582, 1164.
+    assert scale_sizes(1164, 1746, InferenceOptions()) == [(224, 336), (582, 873), (1164, 1746)]
+    # The first scale and the full resolution are kept however close they are.
+    assert scale_sizes(300, 300, InferenceOptions(min_step=2.0)) == [(224, 224), (300, 300)]
+    with pytest.raises(ValueError, match="min_step"):
+        InferenceOptions(min_step=0.5)
 
 
 def test_missing_default_model_names_the_checkpoint_option(monkeypatch, tmp_path):

@@ -7,13 +7,11 @@ Several (DDP): `torchrun --nproc_per_node N train.py ...` (NCCL on GPUs, gloo on
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import sys
 
 from airm.build import VARIANTS
-from airm.config import ModelConfig
+from airm.config import ModelConfig, field_overrides
 from airm.training import TrainConfig, train
 
 
@@ -135,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint_interval": args.checkpoint_interval,
     }
     try:
-        overrides = model_overrides(args.model)
+        overrides = field_overrides(args.model, ModelConfig, "--model")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -149,27 +147,6 @@ def run(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes the weights
         print(f"final weights: {final}")
     return 0
-
-
-def model_overrides(specs: list[str]) -> tuple[tuple[str, object], ...]:
-    """--model FIELD=VALUE flags -> ((field, value), ...); VALUE is JSON (lists become
-    tuples, as ModelConfig holds them). Unknown fields and unreadable values are a ValueError."""
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    overrides = []
-    for spec in specs:
-        name, sep, text = spec.partition("=")
-        if not sep or name not in known:
-            raise ValueError(
-                f"--model wants FIELD=VALUE with FIELD one of {sorted(known)}, got {spec!r}"
-            )
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            raise ValueError(
-                f"--model {spec!r}: the value is not JSON (e.g. 8, true, [64,64])"
-            ) from None
-        overrides.append((name, tuple(value) if isinstance(value, list) else value))
-    return tuple(overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
