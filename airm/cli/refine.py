@@ -86,6 +86,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: shipped model)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0")
     p.add_argument("--scales", default=None, help="comma-separated scales, e.g. 0.125,0.25,0.5,1")
+    p.add_argument(
+        "--min-step",
+        type=float,
+        default=None,
+        help="skip a scale less than this many times the last refined one (default 1.5; 1 "
+        "refines every scale)",
+    )
     add_precision_argument(p)
     p.add_argument(
         "--max-pixels",
@@ -327,10 +334,12 @@ def _check_flags(args: argparse.Namespace) -> str | None:
 
 
 def _make_settings(args: argparse.Namespace) -> Settings:
-    scales = {"scales": tuple(float(s) for s in args.scales.split(","))} if args.scales else {}
+    fields = {"scales": tuple(float(s) for s in args.scales.split(","))} if args.scales else {}
+    if args.min_step is not None:
+        fields["min_step"] = args.min_step
     base = get_refiner(args.checkpoint, args.device)
     refiner = base.with_options(
-        InferenceOptions(**scales, precision=args.precision),
+        InferenceOptions(**fields, precision=args.precision),
         max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
     )
     return Settings(refiner, soft=args.soft, labels=args.labels, ignore_label=args.ignore_label)
