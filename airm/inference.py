@@ -1,9 +1,10 @@
 """Coarse-to-fine refinement (CRM's schedule, AIRM Sec. 5).
 
 For each scale s (default 0.125, 0.25, 0.5, 1.0 of the image, never below the training crop on
-the shorter side): resize the image and the current mask, encode them, query the implicit
-decoder at that scale's pixel centres, and feed the probabilities to the next scale. The last
-scale is the image's full resolution.
+the shorter side, and skipping a scale too close to the last one: `min_step`): resize the
+image and the current mask, encode them, query the implicit decoder at that scale's pixel
+centres, and feed the probabilities to the next scale. The last scale is the image's full
+resolution.
 
 Two shortcuts make large images cheap, and both can be switched off to measure them:
 - only pixels near the current boundary (within `band` pixels of the 0.5 level set at that
@@ -55,8 +56,8 @@ class InferenceOptions:
     # A scale between the first and the full resolution (both always refined) is skipped
     # when its shorter side is less than this many times the last refined scale's. Raising
     # small scales to min_size can put two of them nearly together (a 480 x 854 image: 224,
-    # 240, 480), and on val refining twice at nearly one size lost IoU and mBA (README,
-    # Evaluation).
+    # 240, 480), and on val refining twice at nearly one size lost IoU and mBA (README, The
+    # shipped model).
     min_step: float = 1.5
     # Query only pixels within this many pixels of the current boundary after the first scale;
     # None queries every pixel.
