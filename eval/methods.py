@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from airm.inference import InferenceOptions
+from airm.inference import NO_SHORTCUTS, InferenceOptions
 
 RefineFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -48,7 +48,7 @@ def _mode(**mode_fields) -> Callable[..., InferenceOptions]:
 AIRM_OPTIONS: dict[str, Callable[..., InferenceOptions]] = {
     "airm": _mode(),
     "airm_untiled": _mode(tile_size=None),
-    "airm_exhaustive": _mode(band=None, first_band=None, tile_size=None),
+    "airm_exhaustive": _mode(**NO_SHORTCUTS),
     "airm_every_pixel": _mode(band=None, first_band=None),
 }
 CASCADEPSP_FOLDER = Path("~/.segmentation-refinement").expanduser()
