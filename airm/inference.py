@@ -8,10 +8,11 @@ resolution.
 
 Two shortcuts make large images cheap, and both can be switched off to measure them:
 - only pixels near the current boundary (within `band` pixels of the 0.5 level set at that
-  scale; `first_band` at the first scale, where the coarse mask may be far off) or still
-  uncertain are queried; the others keep the current probability (None queries every pixel).
-  This also keeps refinement local: a coarse mask says where the object is, and far from its
-  boundary there is nothing to refine;
+  scale; `first_band` at the first scale) or near the coarse mask's own boundary (at every
+  scale: a part thinner than a coarse scale's pixels, erased there, is looked at again where
+  it can be resolved) or still uncertain are queried; the others keep the current
+  probability (None queries every pixel). This also keeps refinement local: a coarse mask
+  says where the object is, and far from its boundary there is nothing to refine;
 - a scale larger than `tile_size` is encoded tile by tile, each tile in a window that holds
   its queried pixels and `tile_context` pixels of image around them (`TileGrid`), and only
   tiles that hold queried pixels are encoded at all (`tile_size=None`: the whole scale is one
@@ -65,10 +66,15 @@ class InferenceOptions:
     # Query only pixels within this many pixels of the current boundary after the first scale;
     # None queries every pixel.
     band: int | None = 12
-    # The same at the first scale. Kept narrow: the later scales widen the reach (8 px at 1/8
-    # scale is 64 px of the image), and on val a wide first band let the model invent
-    # foreground far from the object (pooled IoU 88.6 at 32 px, 90.3 at 8 px, on 14 images).
-    first_band: int | None = 8
+    # The same at the first scale, where the coarse mask may be far off. (An early model
+    # invented foreground far from the object with a wide first band, so it was 8 px; the
+    # shipped model, trained with queries far from the boundary, gains mBA from 32 px on val:
+    # README, The shipped model.)
+    first_band: int | None = 32
+    # Also query, at every scale, within the scale's band of the coarse mask's own boundary:
+    # a part thinner than a coarse scale's pixels (a stroke, a strap) is erased there and,
+    # far from the new boundary, would otherwise never be queried again.
+    coarse_band: bool = True
     # Probabilities strictly between these are "uncertain" and always queried.
     uncertain: tuple[float, float] = (0.02, 0.98)
     # Queries evaluated at once (bounds the decoder's memory); None: 16,384 on a CPU (whose
@@ -149,28 +155,38 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrinks)
 
 
-def boundary_band(prob: torch.Tensor, band: int, uncertain: tuple[float, float]) -> torch.Tensor:
-    """(B, 1, h, w) probabilities -> bool (B, 1, h, w): near the 0.5 boundary or uncertain.
+def boundary_band(
+    prob: torch.Tensor,
+    band: int,
+    uncertain: tuple[float, float],
+    coarse: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B, 1, h, w) probabilities -> bool (B, 1, h, w): near the 0.5 boundary of `prob` or,
+    when given, of `coarse` (a mask of the same size), or uncertain in `prob`.
 
     "Near" is where a (2 band + 1)-square dilation and erosion of the binary mask differ. On
     the CPU OpenCV computes them (faster than torch there); elsewhere `mixed_windows` does;
     both give the same band.
     """
-    binary = prob > 0.5
     near_boundary = _near_boundary_cv2 if prob.device.type == "cpu" else mixed_windows
-    near = near_boundary(binary, band)
+    near = near_boundary(prob > 0.5, band)
+    if coarse is not None:
+        near |= near_boundary(coarse > 0.5, band)
     lo, hi = uncertain
     return near | ((prob > lo) & (prob < hi))
 
 
 def queried_pixels(
-    prob: torch.Tensor, band: int | None, uncertain: tuple[float, float]
+    prob: torch.Tensor,
+    band: int | None,
+    uncertain: tuple[float, float],
+    coarse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(1, 1, h, w) probabilities -> bool (h, w): the pixels a scale queries, those of
     `boundary_band`, or every one when band is None."""
     if band is None:
         return torch.ones(prob.shape[-2:], dtype=torch.bool, device=prob.device)
-    return boundary_band(prob, band, uncertain)[0, 0]
+    return boundary_band(prob, band, uncertain, coarse)[0, 0]
 
 
 def _near_boundary_cv2(binary: torch.Tensor, band: int) -> torch.Tensor:
@@ -268,6 +284,7 @@ def refine_at_scale(
     *,
     band: int | None,
     uncertain: tuple[float, float] = (0.02, 0.98),
+    coarse: torch.Tensor | None = None,
     chunk_size: int | None = None,
     tile_size: int | None = None,
     tile_context: int = 128,
@@ -278,6 +295,7 @@ def refine_at_scale(
 
     image: (1, 3, h, w) uint8 RGB or float RGB in [0, 1]; prob: (1, 1, h, w) current mask.
     band: query only the boundary band of `prob` (see `boundary_band`), or every pixel (None).
+    coarse: a (1, 1, h, w) mask whose boundary band is queried too (the coarse input, resized).
     tile_size, tile_context: encode in tiles (see `TileGrid`) when the input is larger than
     tile_size; an input that fits (or tile_size=None) is one tile covering everything, whose
     window holds every queried pixel with its context (the whole input when band is None).
@@ -292,7 +310,7 @@ def refine_at_scale(
     scattering the results all stay on the device.
     """
     h, w = image.shape[-2:]
-    wanted = queried_pixels(prob, band, uncertain)
+    wanted = queried_pixels(prob, band, uncertain, coarse)
     grid = TileGrid.plan(h, w, tile_size, tile_context)
     ys, xs = wanted.nonzero(as_tuple=True)
     out = prob.clone()
@@ -407,6 +425,7 @@ def refine_probability(
             resize(prob, size).clamp(0, 1),
             band=options.first_band if i == 0 else options.band,
             uncertain=options.uncertain,
+            coarse=resize(mask, size) if options.coarse_band else None,
             chunk_size=options.chunk_size or (2**20 if image.is_cuda else 16384),
             tile_size=options.tile_size,
             tile_context=options.tile_context,

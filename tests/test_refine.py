@@ -9,6 +9,7 @@ from airm.inference import (
     autocast_dtype,
     boundary_band,
     native_bfloat16,
+    queried_pixels,
     refine_at_scale,
     refine_probability,
     resize,
@@ -97,6 +98,46 @@ def test_band_limited_step_agrees_with_the_full_step():
     assert 0 < band.sum() < band.numel() / 2
     assert torch.allclose(shortcut[band], full[band], atol=1e-5)
     assert torch.equal(shortcut[~band], prob[~band])
+
+
+def test_the_coarse_band_is_queried_where_the_current_mask_lost_a_part():
+    """A stroke of the coarse mask that an earlier scale erased is queried again: the band
+    around the coarse mask's boundary joins the current one's."""
+    prob = torch.zeros(1, 1, 60, 80)
+    prob[0, 0, 10:40, 10:30] = 1.0  # the body, kept
+    coarse = prob.clone()
+    coarse[0, 0, 20:22, 45:75] = 1.0  # a thin stroke, erased from prob
+    near_coarse = boundary_band(coarse, 3, (0.02, 0.98))[0, 0]
+    near_current = boundary_band(prob, 3, (0.02, 0.98))[0, 0]
+    both = queried_pixels(prob, 3, (0.02, 0.98), coarse)
+    assert torch.equal(both, near_coarse | near_current)
+    assert both[21, 60] and not near_current[21, 60]
+    assert torch.equal(queried_pixels(prob, 3, (0.02, 0.98)), near_current)
+
+
+def test_refinement_passes_the_resized_coarse_mask_to_every_scale(monkeypatch):
+    """coarse_band gives each scale the coarse mask at that scale's size; off, none."""
+    import airm.inference
+
+    seen = []
+    step = airm.inference.refine_at_scale
+
+    def recording(model, image, prob, **kwargs):
+        coarse = kwargs["coarse"]
+        seen.append(None if coarse is None else tuple(coarse.shape[-2:]))
+        return step(model, image, prob, **kwargs)
+
+    monkeypatch.setattr(airm.inference, "refine_at_scale", recording)
+    model = tiny_model("airm_efficientnet_lite0")
+    image, coarse = disc_pair(96, 128)
+    img = torch.from_numpy(image).permute(2, 0, 1)[None]
+    mask = torch.from_numpy(coarse)[None, None].float() / 255
+    options = InferenceOptions(min_size=32, precision="float32")
+    refine_probability(model, img, mask, options)
+    assert seen == scale_sizes(96, 128, options)
+    seen.clear()
+    refine_probability(model, img, mask, InferenceOptions(min_size=32, coarse_band=False))
+    assert seen == [None] * len(scale_sizes(96, 128, options))
 
 
 def test_scale_sizes_respect_the_training_crop():

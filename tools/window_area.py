@@ -61,7 +61,9 @@ def count_scales(refiner, image, coarse) -> list[dict]:
 
     def counted_scale(model, image, prob, **kwargs):
         scales.append({"size": tuple(image.shape[-2:]), **dict.fromkeys(FIELDS, 0)})
-        queried = airm.inference.queried_pixels(prob, kwargs["band"], kwargs["uncertain"])
+        queried = airm.inference.queried_pixels(
+            prob, kwargs["band"], kwargs["uncertain"], kwargs["coarse"]
+        )
         scales[-1]["least_mp"] = least_area(queried, kwargs["tile_context"]) / 1e6
         tic = time.perf_counter()
         out = refine_at_scale(model, image, prob, **kwargs)
