@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from airm.io import read_image, read_mask
 from airm.morphology import boundaries, nonzero_points
-from airm.perturb import lowres_mask, perturb_mask
+from airm.perturb import cascade_mask, lowres_mask, perturb_mask
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -182,6 +182,12 @@ class RefinementDataset(Dataset):
     pixel, the model marked salient objects the coarse mask leaves out); the others take a
     random scale between that and full resolution, or full resolution.
 
+    Cascade inputs: a `cascade_fraction` of items replace the coarse mask with the truth as a
+    coarser scale of inference hands it on (`cascade_mask`: shrunk 1.5 to 4 times and enlarged
+    back, soft and nearly right), the input every scale after the first is given. Given such a
+    mask at the last scale, the model otherwise re-draws the boundary from the image: on val,
+    the truth at half resolution (mBA 98.4) came out at 81.6.
+
     Copy-paste: a `paste_fraction` of items paste the object of another pair (its true mask,
     edges feathered by a fraction of a pixel) onto this pair's photograph, at a random place
     and size, and that object becomes the one to refine; the photograph's own object stays as
@@ -204,6 +210,7 @@ class RefinementDataset(Dataset):
         far_fraction: float = 0.0,
         paste_fraction: float = 0.0,
         whole_fraction: float = 0.0,
+        cascade_fraction: float = 0.0,
         seed: int = 0,
         cache: bool = False,
         cache_threads: int = 1,
@@ -212,6 +219,7 @@ class RefinementDataset(Dataset):
             "far_fraction": far_fraction,
             "paste_fraction": paste_fraction,
             "whole_fraction": whole_fraction,
+            "cascade_fraction": cascade_fraction,
         }
         for name, value in fractions.items():
             if not 0.0 <= value <= 1.0:
@@ -221,6 +229,7 @@ class RefinementDataset(Dataset):
         self.far_fraction = far_fraction
         self.paste_fraction = paste_fraction
         self.whole_fraction = whole_fraction
+        self.cascade_fraction = cascade_fraction
         self.seed = seed
         self.epoch = 0
         self.cached: list[tuple[np.ndarray, np.ndarray]] | None = None
@@ -251,9 +260,13 @@ class RefinementDataset(Dataset):
         if rng.random() < 0.5:
             image, gt, coarse = image[:, ::-1], gt[:, ::-1], coarse[:, ::-1]
         image = self._jitter(image.astype(np.float32) / 255.0, rng)
-        coarse = coarse.astype(np.float32)
-        if rng.random() < 0.3:  # later scales of inference see soft masks
-            coarse = cv2.GaussianBlur(coarse, (0, 0), rng.uniform(0.5, 3.0))
+        # No draw without cascade inputs, so that the other items stay what they were.
+        if self.cascade_fraction and rng.random() < self.cascade_fraction:
+            coarse = cascade_mask(gt, rng)
+        else:
+            coarse = coarse.astype(np.float32)
+            if rng.random() < 0.3:  # later scales of inference see soft masks
+                coarse = cv2.GaussianBlur(coarse, (0, 0), rng.uniform(0.5, 3.0))
         return (
             torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             torch.from_numpy(np.ascontiguousarray(coarse[None])),

@@ -4,6 +4,8 @@
 add and remove random discs on the boundary (local dilations and erosions) until the IoU with
 the truth falls under a target. `lowres_mask` imitates a low-resolution semantic segmenter:
 shrink, blur, threshold with a small bias, enlarge back (blobby, thin parts lost).
+`cascade_mask` imitates what the later scales of inference are given: the previous, coarser
+scale's refined probabilities, enlarged (soft, and nearly right).
 """
 
 from __future__ import annotations
@@ -66,3 +68,17 @@ def lowres_mask(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     threshold = 0.5 + rng.uniform(-0.15, 0.15)
     big = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     return big > threshold
+
+
+def cascade_mask(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The HxW bool mask `gt` as a coarser scale of inference would hand it on: shrunk by 1.5
+    to 4 times (the ratio of two refined scales), slightly blurred there, and enlarged back
+    bilinearly, as `airm.inference.resize` enlarges probabilities. HxW float32 in [0, 1]."""
+    h, w = gt.shape
+    factor = float(np.exp(rng.uniform(np.log(1.5), np.log(4.0))))
+    small_size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    small = cv2.resize(gt.astype(np.float32), small_size, interpolation=cv2.INTER_AREA)
+    sigma = rng.uniform(0.0, 1.0)
+    if sigma > 0.1:
+        small = cv2.GaussianBlur(small, (0, 0), sigma)
+    return np.clip(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)

@@ -75,6 +75,10 @@ class TrainConfig:
     # Fraction of items seen whole, as inference's first scale sees them (the image's shorter
     # side rescaled to the crop size); off until an equal-budget run shows it helps on val.
     whole_fraction: float = 0.0
+    # Fraction of items whose coarse mask is the truth as a coarser scale of inference hands
+    # it on (shrunk 1.5-4 times, enlarged back: soft, nearly right), the input of every later
+    # scale; off until an A/B on val says otherwise.
+    cascade_fraction: float = 0.0
     # DataLoader workers per process; None: this process's share of the machine's cores.
     workers: int | None = None
     # Decode the training pairs once and keep them in memory, shared by the workers (see
@@ -174,6 +178,7 @@ def training_items(config: TrainConfig, *, threads: int = 1) -> RefinementDatase
         far_fraction=config.far_fraction,
         paste_fraction=config.paste_fraction,
         whole_fraction=config.whole_fraction,
+        cascade_fraction=config.cascade_fraction,
         seed=config.seed,
         cache=config.cache_images,
         cache_threads=threads,

@@ -14,7 +14,7 @@ from airm import load_model
 from airm.data import RefinementDataset, find_pairs
 from airm.losses import LossWeights, affinity_labels, affinity_loss, refinement_losses
 from airm.morphology import nonzero_points
-from airm.perturb import perturb_mask
+from airm.perturb import cascade_mask, perturb_mask
 from airm.training import (
     StepSampler,
     TrainConfig,
@@ -203,6 +203,39 @@ def test_perturbation_reaches_its_target():
     coarse = perturb_mask(gt, rng, iou_target=0.85)
     iou = (coarse & gt).sum() / (coarse | gt).sum()
     assert 0.6 < iou < 0.85
+
+
+def test_cascade_masks_are_the_truth_soft_and_nearly_right():
+    # What a later scale of inference is given: the truth at a coarser scale, enlarged back.
+    yy, xx = np.mgrid[:200, :200]
+    gt = (yy - 100) ** 2 + (xx - 100) ** 2 < 60**2
+    near = np.abs(np.hypot(yy - 100, xx - 100) - 60)  # distance to the truth's boundary
+    for seed in range(8):
+        coarse = cascade_mask(gt, np.random.default_rng(seed))
+        assert coarse.dtype == np.float32 and coarse.shape == gt.shape
+        assert coarse.min() >= 0.0 and coarse.max() <= 1.0
+        soft = (coarse > 0.02) & (coarse < 0.98)
+        assert soft.any() and (near[soft] <= 12).all()  # soft only along the boundary
+        binary = coarse > 0.5
+        assert (binary & gt).sum() / (binary | gt).sum() > 0.97
+
+
+def test_cascade_fraction_replaces_the_coarse_mask_only(big_folder):
+    pairs = find_pairs(big_folder)
+    plain = RefinementDataset(pairs, crop_size=64)
+    cascade = RefinementDataset(pairs, crop_size=64, cascade_fraction=1.0)
+    replaced = 0
+    for i in range(len(pairs)):
+        (image_a, coarse_a, gt_a), (image_b, coarse_b, gt_b) = plain[i], cascade[i]
+        assert torch.equal(image_a, image_b) and torch.equal(gt_a, gt_b)
+        replaced += not torch.equal(coarse_a, coarse_b)
+        binary = coarse_b > 0.5
+        union = (binary | (gt_b > 0.5)).sum().item()
+        assert union == 0 or (binary & (gt_b > 0.5)).sum().item() / union > 0.8
+    assert replaced > 0
+    assert RefinementDataset(pairs, crop_size=64, cascade_fraction=0.0)[0][1].equal(plain[0][1])
+    with pytest.raises(ValueError, match="cascade_fraction"):
+        RefinementDataset(pairs, cascade_fraction=2.0)
 
 
 def test_nonzero_points_are_numpys_nonzero():

@@ -59,6 +59,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="fraction of items seen whole (shorter side at the crop size), as the first scale",
     )
     p.add_argument(
+        "--cascade-fraction",
+        type=float,
+        default=None,
+        help="fraction of items whose coarse mask is the truth as a coarser scale hands it on",
+    )
+    p.add_argument(
         "--workers", type=int, default=None, help="DataLoader workers per process (default: cores)"
     )
     p.add_argument(
@@ -122,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         "far_fraction": args.far_fraction,
         "paste_fraction": args.paste_fraction,
         "whole_fraction": args.whole_fraction,
+        "cascade_fraction": args.cascade_fraction,
         "query_anywhere": args.query_anywhere,
         "workers": args.workers,
         "cache_images": args.cache_images,
