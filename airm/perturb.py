@@ -71,14 +71,20 @@ def lowres_mask(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def cascade_mask(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The HxW bool mask `gt` as a coarser scale of inference would hand it on: shrunk by 1.5
-    to 4 times (the ratio of two refined scales), slightly blurred there, and enlarged back
-    bilinearly, as `airm.inference.resize` enlarges probabilities. HxW float32 in [0, 1]."""
-    h, w = gt.shape
+    """The HxW bool mask `gt` as a coarser scale of inference would hand it on (see
+    `handed_on`): shrunk by 1.5 to 4 times (the ratio of two refined scales) and slightly
+    blurred there. HxW float32 in [0, 1]."""
     factor = float(np.exp(rng.uniform(np.log(1.5), np.log(4.0))))
+    return handed_on(gt, factor, sigma=rng.uniform(0.0, 1.0))
+
+
+def handed_on(gt: np.ndarray, factor: float, *, sigma: float = 0.0) -> np.ndarray:
+    """HxW bool `gt` shrunk `factor` times (area), blurred there by `sigma` pixels (none under
+    0.1), and enlarged back bilinearly, as `airm.inference.resize` enlarges one scale's
+    probabilities for the next. HxW float32 in [0, 1]."""
+    h, w = gt.shape
     small_size = (max(1, round(w / factor)), max(1, round(h / factor)))
     small = cv2.resize(gt.astype(np.float32), small_size, interpolation=cv2.INTER_AREA)
-    sigma = rng.uniform(0.0, 1.0)
     if sigma > 0.1:
         small = cv2.GaussianBlur(small, (0, 0), sigma)
     return np.clip(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)

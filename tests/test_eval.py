@@ -225,3 +225,43 @@ def test_every_pixel_gap_counts_the_errors_only_one_path_makes(tmp_path, tiny_ch
     # The rerun's row: the wrong pixels of both paths, then its own.
     assert "| c-0 | 2 | 101 |" in report
     assert every_pixel([str(out), "--data", str(data), "--every", "missing"]) == 2
+
+
+def test_last_scale_scores_the_handed_on_truth_and_one_full_resolution_pass(
+    tmp_path, tiny_checkpoint, capsys
+):
+    from airm.api import get_refiner
+    from airm.inference import scale_sizes
+    from airm.perturb import handed_on
+    from eval.last_scale import last_scale_only
+    from eval.last_scale import main as last_scale
+
+    data = big_folder(tmp_path / "val", n=2)
+    last = last_scale_only(get_refiner(str(tiny_checkpoint), "cpu"))
+    options = last.options
+    assert (options.first_band, options.coarse_band) == (options.band, False)
+    assert scale_sizes(60, 80, options) == [(60, 80)] and last.max_pixels is None
+
+    assert last_scale(["--data", str(data), "--checkpoint", str(tiny_checkpoint)]) == 0
+    report = capsys.readouterr().out
+    # The input row is the truth, 2 times coarser, scored against itself.
+    inter = union = 0
+    for i in range(2):
+        truth = np.array(Image.open(data / f"d-{i}_gt.png")) > 127
+        counts = iou_counts(handed_on(truth, 2.0) > 0.5, truth)
+        inter, union = inter + counts[0], union + counts[1]
+    row = next(line for line in report.splitlines() if line.startswith("| all | 2 |"))
+    assert row.split("|")[3].strip().startswith(f"{100 * inter / union:.2f} / ")
+    assert "| even | 1 |" in report and "| odd | 1 |" in report
+    assert last_scale(["--data", str(tmp_path / "missing")]) == 2
+    assert last_scale(["--data", str(data), "--factor", "0.5"]) == 2
+
+
+def test_handed_on_keeps_a_mask_at_factor_one_and_softens_it_coarser():
+    from airm.perturb import handed_on
+
+    yy, xx = np.mgrid[:90, :120]
+    truth = (yy - 45) ** 2 + (xx - 60) ** 2 < 30**2
+    assert np.array_equal(handed_on(truth, 1.0), truth.astype(np.float32))
+    coarser = handed_on(truth, 3.0)
+    assert ((coarser > 0) & (coarser < 1)).any() and ((coarser > 0.5) == truth).mean() > 0.98
