@@ -17,11 +17,13 @@ import argparse
 import sys
 from dataclasses import replace
 
+import numpy as np
+
 from airm.data import Pair, find_pairs
 from airm.io import read_image, read_mask
 from airm.perturb import handed_on
 from airm.refiner import Refiner
-from airm.scoring import ScoreAccumulator
+from airm.scoring import score_pairs
 
 
 def last_scale_only(refiner: Refiner) -> Refiner:
@@ -34,22 +36,19 @@ def last_scale_only(refiner: Refiner) -> Refiner:
     )
 
 
-def score_last_scale(
-    refiner: Refiner, pairs: list[Pair], factor: float
-) -> dict[str, tuple[ScoreAccumulator, ScoreAccumulator]]:
-    """Per source and "all": (input, output) scores of `last_scale_only(refiner)` given each
-    pair's truth as a scale `factor` times coarser hands it on."""
+def score_last_scale(refiner: Refiner, pairs: list[Pair], factor: float) -> tuple[dict, dict]:
+    """`airm.scoring.score_pairs` results of the input (each pair's truth as a scale `factor`
+    times coarser hands it on) and of what `last_scale_only(refiner)` makes of it."""
     last = last_scale_only(refiner)
-    scores: dict[str, tuple[ScoreAccumulator, ScoreAccumulator]] = {}
-    for pair in pairs:
-        gt = read_mask(pair.mask, max_pixels=None) > 0.5
-        given = handed_on(gt, factor)
-        refined = last.refine(read_image(pair.image, max_pixels=None), given) > 127
-        for key in ("all", pair.source):
-            before, after = scores.setdefault(key, (ScoreAccumulator(), ScoreAccumulator()))
-            before.add(pair.name, given > 0.5, gt)
-            after.add(pair.name, refined, gt)
-    return scores
+
+    def given(pair: Pair) -> np.ndarray:
+        return handed_on(read_mask(pair.mask, max_pixels=None) > 0.5, factor)
+
+    before = score_pairs(pairs, lambda pair: given(pair) > 0.5)
+    after = score_pairs(
+        pairs, lambda pair: last.refine(read_image(pair.image, max_pixels=None), given(pair))
+    )
+    return before, after
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,14 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from airm.api import get_refiner
 
-    scores = score_last_scale(get_refiner(args.checkpoint, args.device), pairs, args.factor)
+    results = score_last_scale(get_refiner(args.checkpoint, args.device), pairs, args.factor)
     print(f"the truth {args.factor:g} times coarser, then the last scale alone:\n")
     print("| source | images | input: pooled IoU / mean IoU / mBA | after the last scale |")
     print("|---|--:|---|---|")
-    for key in [*sorted(k for k in scores if k != "all"), "all"]:
-        before, after = (s.summary() for s in scores[key])
+    for key in [*results[0]["sources"], "all"]:
+        before, after = (r if key == "all" else r["sources"][key] for r in results)
         row = [f"{s['iou']:.2f} / {s['mean_iou']:.2f} / {s['mba']:.2f}" for s in (before, after)]
-        print(f"| {key} | {len(scores[key][0].images)} | {row[0]} | {row[1]} |")
+        print(f"| {key} | {before['n']} | {row[0]} | {row[1]} |")
     return 0
 
 
