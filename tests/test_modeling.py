@@ -56,33 +56,29 @@ def test_zero_modulation_equals_shared_function():
     assert not torch.allclose(modulated, unmodulated)
 
 
-@pytest.mark.parametrize("with_distance", [False, True])
-def test_decoder_equals_concatenated_mlp(with_distance):
-    """The split first layer computes LIIF's MLP on [feature, rel, abs, cell(, colour
-    distance)] of each neighbour exactly."""
+@pytest.mark.parametrize("with_colour", [False, True])
+def test_decoder_equals_concatenated_mlp(with_colour):
+    """The split first layer computes LIIF's MLP on [feature, rel, abs, cell(, colour)]
+    exactly."""
     torch.manual_seed(0)
     c = 5
-    extra = implicit_decoder.DISTANCE_DIMS if with_distance else 0
+    extra = implicit_decoder.COLOUR_DIMS if with_colour else 0
     f = ImplicitFunction(in_dim=c + implicit_decoder.COORD_DIMS + extra, hidden_dims=(7, 7))
     features = torch.randn(1, c, 3, 4)
-    cell_colour = torch.randn(1, 3, 3, 4)
     params = f.layer_params(None)
-    state = implicit_decoder.prepare(features, params, cell_colour if with_distance else None)
+    state = implicit_decoder.prepare(features, params)
     coords = torch.rand(1, 10, 2) * 2 - 1
     cell = torch.tensor([[0.3, 0.2]])
-    colour = torch.randn(1, 10, 3)
+    colour = torch.randn(1, 10, extra)
     got = implicit_decoder.query(
-        state, coords, cell, colour=colour if with_distance else None, chunk_size=4
+        state, coords, cell, colour=colour if with_colour else None, chunk_size=4
     )
 
     index, rel, weights = implicit_decoder.neighbours(coords, (3, 4))
     table = features[0].reshape(c, -1).t()  # (h * w, C)
-    colours = cell_colour[0].reshape(3, -1).t()  # (h * w, 3)
     expected = torch.zeros(10)
     for k in range(4):
-        x = [table[index[0, :, k]], rel[0, :, k], coords[0], cell.expand(10, 2)]
-        if with_distance:
-            x.append((colour[0] - colours[index[0, :, k]]).abs().sum(1, keepdim=True))
+        x = [table[index[0, :, k]], rel[0, :, k], coords[0], cell.expand(10, 2), colour[0]]
         x = torch.cat(x, dim=1)
         for layer, (w, b) in enumerate(zip(f.weights, f.biases, strict=True)):
             x = torch.nn.functional.linear(x if layer == 0 else torch.relu(x), w, b)
@@ -177,18 +173,17 @@ def test_folded_pixel_features_keep_the_function():
         fusion.train().folded()
 
 
-def test_colour_distance_is_read_at_each_query():
-    """With `colour_distance`, f reads the image where it is queried (against the cells' mean
-    colours, fixed at encoding): a change of colour at one pixel changes the logit there only,
-    and a model that reads the distance must be given the colours."""
-    model = tiny_model("airm_efficientnet_lite0", colour_distance=True)
+def test_query_colour_is_read_at_each_query():
+    """With `query_colour`, f reads the image where it is queried: a change of colour at one
+    pixel changes the logit there (beyond what the encoder's features make of it elsewhere),
+    and a model told the colour must be given it."""
+    model = tiny_model("airm_efficientnet_lite0", query_colour=True)
     with torch.no_grad():
-        model.implicit_function.weights[0][:, -1].normal_(0.0, 1.0)
+        model.implicit_function.weights[0][:, -3:].normal_(0.0, 1.0)
     image, mask = torch.rand(1, 3, 64, 64), torch.rand(1, 1, 64, 64)
     with torch.no_grad():
         encoded = model.encode(image, mask)
         assert encoded.image is not None and encoded.image.shape == image.shape
-        assert encoded.decoder.cell_colour.shape == (1, 16, 16, 3)
         coords = implicit_decoder.pixel_centres(64, 64).reshape(1, -1, 2)
         before = model.query(encoded, coords, out_size=(64, 64))
         encoded.image[0, :, 10, 20] += 1.0
@@ -196,5 +191,5 @@ def test_colour_distance_is_read_at_each_query():
         changed = (after - before).abs().reshape(64, 64) > 1e-6
         assert changed[10, 20] and changed.sum() == 1
         encoded.image = None
-        with pytest.raises(ValueError, match="colour distance"):
+        with pytest.raises(ValueError, match="per-query inputs"):
             model.query(encoded, coords, out_size=(64, 64))

@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--init",
         default=None,
         help="start from the weights of this airm checkpoint (the same variant; for a model "
-        "with --model colour_distance=true, also one without it)",
+        "with --model query_colour=true, also one without it)",
     )
     p.add_argument("--batch-size", type=int, default=None, help="batch size per process")
     p.add_argument("--iterations", type=int, default=None, help="total optimiser steps")

@@ -37,8 +37,8 @@ class Encoded:
 
     decoder: f's parameters and the projected pixel features.
     mask: (B, 1, H, W) the coarse mask that was encoded, for the skip.
-    image: (B, 3, H, W) the normalised image, for an f that reads the colour distance
-    (`ModelConfig.colour_distance`); else None.
+    image: (B, 3, H, W) the normalised image, for an f that reads the colour at a query
+    (`ModelConfig.query_colour`); else None.
     view_scale: (H / H_pad, W / W_pad), where the unpadded input sits inside the padded one.
     affinity: (B, N, N) in (0, 1) when requested, else None; affinity_size: its grid (h, w).
     """
@@ -103,17 +103,10 @@ class AIRM(nn.Module):
         modulation = self.hypernetwork(features) if self.hypernetwork is not None else None
         params = self.implicit_function.layer_params(modulation)
         affinity = self.affinity_head(out.affinity_source) if want_affinity else None
-        # Each feature cell's mean colour: the padded view pooled over the cell (the padded
-        # size is a multiple of the feature stride, so every cell is whole).
-        cell_colour = (
-            F.adaptive_avg_pool2d(x[:, :3], features.shape[-2:])
-            if self.config.colour_distance
-            else None
-        )
         return Encoded(
-            decoder=implicit_decoder.prepare(features, params, cell_colour),
+            decoder=implicit_decoder.prepare(features, params),
             mask=mask,
-            image=normalised if self.config.colour_distance else None,
+            image=normalised if self.config.query_colour else None,
             view_scale=(height / (height + pad_h), width / (width + pad_w)),
             affinity=affinity,
             affinity_size=out.affinity_size,

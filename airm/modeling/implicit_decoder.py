@@ -8,18 +8,17 @@ feature grid (h, w). For each query, f is evaluated on each of its 4 nearest fea
 - the relative offset q - p, in feature-cell units,
 - the absolute coordinate q (CRM),
 - the cell size, i.e. one output pixel's extent in feature-cell units (cell decoding),
-- optionally, per neighbour, how far the image's colour at the query is from the neighbour
-  cell's mean colour (`ModelConfig.colour_distance`, joint bilateral upsampling's cue),
+- optionally the image's colour at the query (`ModelConfig.query_colour`),
 
 and the 4 logits are blended by the area of the diagonally opposite rectangle, normalised to
 sum to one (bilinear weights away from the borders).
 
 f's first layer is linear in its input, so it is split by input: the feature part runs once
 per feature cell as a 1x1 convolution, stored as a channels-last table that each query gathers
-rows of (instead of the raw features); the absolute coordinate and cell size are the same for
-a query's 4 neighbours, so their part runs once per query, not 4 times; only the relative
-offset's (and the colour distance's) part runs per neighbour. That is the same function as
-LIIF's concatenation, with the heaviest products moved off the per-neighbour path.
+rows of (instead of the raw features); the absolute coordinate, cell size and colour are the
+same for a query's 4 neighbours, so their part runs once per query, not 4 times; only the
+relative offset's part runs per neighbour. That is the same function as LIIF's concatenation,
+with the heaviest products moved off the per-neighbour path.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ import torch
 from airm.modeling.implicit_function import LayerParams, apply_linear, run_mlp
 
 COORD_DIMS = 6  # relative offset (2), absolute coordinate (2), cell size (2)
-DISTANCE_DIMS = 1  # the colour distance, when f reads it (after the coordinates)
+COLOUR_DIMS = 3  # the query's RGB, when f reads it (after the coordinates)
 
 
 @dataclass
@@ -41,16 +40,13 @@ class DecoderState:
     feature_proj: (B, h, w, h1) contiguous, f's first layer applied to the pixel features F
     (no bias); channels last, so that a query's gather reads whole rows.
     coord_weight: (out, k) or (B, out, k), f's first layer on [rel, abs, cell] (k = 6), or on
-    [rel, abs, cell, colour distance] (k = 7).
+    [rel, abs, cell, colour] (k = 9).
     params: every layer's weight and bias (the first layer's bias is used, not its weight).
-    cell_colour: (B, h, w, 3) contiguous, each feature cell's mean colour, for an f that reads
-    the colour distance; else None.
     """
 
     feature_proj: torch.Tensor
     coord_weight: torch.Tensor
     params: list[LayerParams]
-    cell_colour: torch.Tensor | None = None
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -58,11 +54,8 @@ class DecoderState:
         return self.feature_proj.shape[1], self.feature_proj.shape[2]
 
 
-def prepare(
-    features: torch.Tensor, params: list[LayerParams], cell_colour: torch.Tensor | None = None
-) -> DecoderState:
-    """Split f's first layer: features (B, C, h, w) -> DecoderState. cell_colour: (B, 3, h, w)
-    each cell's mean colour, for an f that reads the colour distance; else None."""
+def prepare(features: torch.Tensor, params: list[LayerParams]) -> DecoderState:
+    """Split f's first layer: features (B, C, h, w) -> DecoderState."""
     channels = features.shape[1]
     first = params[0].weight
     feat_w, coord_w = first[..., :channels], first[..., channels:]
@@ -70,11 +63,7 @@ def prepare(
         proj = torch.einsum("oc,bchw->bhwo", feat_w, features)
     else:
         proj = torch.einsum("boc,bchw->bhwo", feat_w, features)
-    if cell_colour is not None:
-        cell_colour = cell_colour.permute(0, 2, 3, 1).contiguous()
-    return DecoderState(
-        feature_proj=proj.contiguous(), coord_weight=coord_w, params=params, cell_colour=cell_colour
-    )
+    return DecoderState(feature_proj=proj.contiguous(), coord_weight=coord_w, params=params)
 
 
 def pixel_centres(height: int, width: int, *, device: torch.device | None = None) -> torch.Tensor:
@@ -121,8 +110,7 @@ def query(
 
     coords: (B, Q, 2) float, (y, x) in [-1, 1] over the encoded view.
     cell: (B, 2) one query pixel's size (y, x) in feature-cell units.
-    colour: (B, Q, 3) the image at each query, for an f that reads the colour distance (in
-    the units of `state.cell_colour`); else None.
+    colour: (B, Q, 3) the image at each query, for an f that reads it; else None.
     chunk_size: evaluate at most this many queries per image at once (bounds memory).
     Returns logits (B, Q) float32.
     """
@@ -145,27 +133,21 @@ def _query_chunk(
     # One flat gather over the batch: rows of (B * h * w, h1) at b * h * w + cell index.
     table = state.feature_proj.view(b * h * w, hidden)
     offsets = torch.arange(b, device=coords.device).reshape(b, 1, 1) * (h * w)
-    flat = (index + offsets).reshape(-1)
-    gathered = table.index_select(0, flat).reshape(b, q, 4, hidden)
-    # f's first layer on [rel, abs, cell(, distance)]: the offset (and the colour distance) per
-    # neighbour, the rest once per query.
+    gathered = table.index_select(0, (index + offsets).reshape(-1)).reshape(b, q, 4, hidden)
+    # f's first layer on [rel, abs, cell(, colour)]: the offset per neighbour, the rest once
+    # per query.
     weight, bias = state.coord_weight, state.params[0].bias
-    reads_distance = weight.shape[-1] == COORD_DIMS + DISTANCE_DIMS
-    if reads_distance != (colour is not None and state.cell_colour is not None):
+    shared = [coords, cell.reshape(b, 1, 2).expand(b, q, 2)]
+    if colour is not None:
+        shared.append(colour.to(coords.dtype))
+    shared = torch.cat(shared, dim=-1)
+    if shared.shape[-1] != weight.shape[-1] - 2:
         raise ValueError(
-            "f reads the colour distance exactly when given the colours of the queries and of "
-            f"the cells (f's first layer takes {weight.shape[-1] - 2} more inputs than features)"
+            f"f's first layer takes {weight.shape[-1] - 2} per-query inputs, got "
+            f"{shared.shape[-1]} (is the colour given exactly when the model reads it?)"
         )
-    shared = torch.cat([coords, cell.reshape(b, 1, 2).expand(b, q, 2)], dim=-1)
-    per_query = apply_linear(shared, LayerParams(weight[..., 2:COORD_DIMS], bias))  # (B, Q, h1)
-    neighbour, neighbour_weight = rel, weight[..., :2]
-    if reads_distance:
-        cells = state.cell_colour.view(b * h * w, 3)
-        cells = cells.index_select(0, flat).reshape(b, q, 4, 3)
-        distance = (colour.to(cells.dtype).unsqueeze(2) - cells).abs().sum(-1, keepdim=True)
-        neighbour = torch.cat([rel, distance.to(rel.dtype)], dim=-1)
-        neighbour_weight = torch.cat([weight[..., :2], weight[..., COORD_DIMS:]], dim=-1)
-    per_offset = apply_linear(neighbour.reshape(b, q * 4, -1), LayerParams(neighbour_weight, None))
+    per_query = apply_linear(shared, LayerParams(weight[..., 2:], bias))  # (B, Q, h1)
+    per_offset = apply_linear(rel.reshape(b, q * 4, 2), LayerParams(weight[..., :2], None))
     pre = gathered + per_offset.reshape(b, q, 4, hidden) + per_query.unsqueeze(2)
     logits = run_mlp(pre.reshape(b, q * 4, hidden), state.params).reshape(b, q, 4)
     return (logits * weights).sum(-1)
