@@ -19,7 +19,7 @@ from airm.modeling.affinity import AttentionAffinity, FeatureDistanceAffinity
 from airm.modeling.airm import AIRM
 from airm.modeling.encoder import CNNEncoder, MixTransformerEncoder
 from airm.modeling.hypernetwork import Hypernetwork
-from airm.modeling.implicit_decoder import COLOUR_DIMS, COORD_DIMS
+from airm.modeling.implicit_decoder import COORD_DIMS
 from airm.modeling.implicit_function import ImplicitFunction
 from airm.modeling.pixel_features import PixelFeatureFusion
 
@@ -42,8 +42,7 @@ def build_model(config: ModelConfig | str, **overrides) -> AIRM:
         )
     pixel_features = PixelFeatureFusion(in_dims=encoder.channels, out_dim=config.feature_dim)
     implicit_function = ImplicitFunction(
-        in_dim=config.feature_dim + COORD_DIMS + (COLOUR_DIMS if config.query_colour else 0),
-        hidden_dims=config.hidden_dims,
+        in_dim=config.feature_dim + COORD_DIMS, hidden_dims=config.hidden_dims
     )
     hypernetwork = (
         Hypernetwork(

@@ -6,7 +6,6 @@ do not match the network its config describes is refused with a message naming t
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from airm.build import build_model
 from airm.config import ModelConfig
 from airm.io import atomic_write
 from airm.modeling.airm import AIRM
-from airm.modeling.implicit_decoder import COLOUR_DIMS
 
 FORMAT = "airm-model-1"
 
@@ -91,43 +89,6 @@ def load_weights(model: AIRM, path: str | os.PathLike) -> AIRM:
         )
     load_state(model, tensors, source=str(path))
     return model
-
-
-def load_initial_weights(model: AIRM, path: str | os.PathLike) -> AIRM:
-    """Load a checkpoint to train `model` on from (`train.py --init`): one of the same variant,
-    or one whose f does not read the query's colour into a model whose f does. The new inputs
-    start at zero weight (and zero modulation factors), so the model computes the checkpoint's
-    function until training moves them."""
-    config, tensors, _ = read_checkpoint(path)
-    if config != model.config and dataclasses.replace(config, query_colour=True) == model.config:
-        tensors = _with_colour_inputs(tensors, model)
-        load_state(model, tensors, source=f"{path} (given colour inputs)")
-        return model
-    return load_weights(model, path)
-
-
-def _with_colour_inputs(tensors: dict[str, torch.Tensor], model: AIRM) -> dict[str, torch.Tensor]:
-    """The tensors of a model without query colour, fitted to `model` (which reads it): zero
-    columns in f's first weight for the colour inputs (the last ones), and in the
-    hypernetwork's head, zero rows for the matching columns of that layer's factor B."""
-    tensors = dict(tensors)
-    out_dim, in_dim = model.implicit_function.layer_shapes[0]
-    old_in = in_dim - COLOUR_DIMS
-    key = "implicit_function.weights.0"
-    first = tensors[key]
-    tensors[key] = torch.cat([first, first.new_zeros(out_dim, COLOUR_DIMS)], dim=1)
-    if model.hypernetwork is not None:
-        rank = model.hypernetwork.rank
-        # The head emits, per layer, A (rank x out), B (rank x in, row-major) and a bias offset;
-        # layer 0's block comes first.
-        for key in ("hypernetwork.head.weight", "hypernetwork.head.bias"):
-            head = tensors[key]
-            rest = head.shape[0] - rank * out_dim - rank * old_in
-            a, b, after = head.split([rank * out_dim, rank * old_in, rest])
-            b = b.reshape(rank, old_in, *head.shape[1:])
-            b = torch.cat([b, b.new_zeros(rank, COLOUR_DIMS, *head.shape[1:])], dim=1)
-            tensors[key] = torch.cat([a, b.reshape(rank * in_dim, *head.shape[1:]), after])
-    return tensors
 
 
 def load_model(path: str | os.PathLike, *, device: str | torch.device | None = None) -> AIRM:

@@ -44,11 +44,6 @@ class ModelConfig:
     # image shares. An experiment (issue 11): without it, that vector varies by 16% between
     # val images and the shipped head passes on 7% (`python -m eval.modulation`).
     hyper_input_norm: bool = False
-    # f also reads the image's colour at the query (the view's normalised RGB, sampled there as
-    # the coarse mask is for the skip): three more inputs to f's first layer, shared by a
-    # query's four neighbours. The pixel features sit on a grid 4 pixels apart; the colour says
-    # on which side of an edge between two of them a pixel lies.
-    query_colour: bool = False
     # Learn affinity (attention-derived for MiT, feature-distance for CNNs) during training.
     affinity: bool = True
     # Width of the embedding whose L1 distances give a CNN encoder's affinity.

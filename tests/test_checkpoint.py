@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from airm import CheckpointError, load_model, load_weights, save_model
-from airm.checkpoint import load_initial_weights
 
 from conftest import tiny_model
 
@@ -62,33 +61,3 @@ def test_plain_safetensors_is_not_an_airm_checkpoint(tmp_path):
     save_file({"x": torch.zeros(2)}, str(path))
     with pytest.raises(CheckpointError, match="not an airm model"):
         load_model(path)
-
-
-@pytest.mark.parametrize("modulation", [True, False])
-def test_initial_weights_without_colour_keep_the_function(tmp_path, modulation):
-    """A checkpoint whose f does not read the query's colour starts a model whose f does with
-    the same function (the colour's weights at zero), and training can move them."""
-    old = tiny_model("airm_efficientnet_lite0", modulation=modulation)
-    if modulation:  # give layer 0's factors values, so that their layout is checked too
-        with torch.no_grad():
-            old.hypernetwork.head.weight.normal_(0.0, 0.1)
-    path = tmp_path / "old.safetensors"
-    save_model(old, path)
-    new = tiny_model("airm_efficientnet_lite0", modulation=modulation, query_colour=True)
-    load_initial_weights(new, path)
-    image, mask = torch.rand(2, 3, 64, 64), torch.rand(2, 1, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(new(image, mask).logits, old(image, mask).logits)
-    new.train()
-    new(image, mask).logits.square().mean().backward()
-    assert new.implicit_function.weights[0].grad[:, -3:].abs().sum() > 0
-
-
-def test_initial_weights_of_another_variant_are_refused(tmp_path):
-    path = tmp_path / "sirmf.safetensors"
-    save_model(tiny_model("airm_efficientnet_lite0", modulation=False), path)
-    with pytest.raises(CheckpointError, match="different variant"):
-        load_initial_weights(tiny_model("airm_efficientnet_lite0", query_colour=True), path)
-    save_model(tiny_model("airm_efficientnet_lite0", query_colour=True), path)
-    with pytest.raises(CheckpointError, match="different variant"):
-        load_initial_weights(tiny_model("airm_efficientnet_lite0"), path)

@@ -56,30 +56,23 @@ def test_zero_modulation_equals_shared_function():
     assert not torch.allclose(modulated, unmodulated)
 
 
-@pytest.mark.parametrize("with_colour", [False, True])
-def test_decoder_equals_concatenated_mlp(with_colour):
-    """The split first layer computes LIIF's MLP on [feature, rel, abs, cell(, colour)]
-    exactly."""
+def test_decoder_equals_concatenated_mlp():
+    """The split first layer computes LIIF's MLP on [feature, rel, abs, cell] exactly."""
     torch.manual_seed(0)
     c = 5
-    extra = implicit_decoder.COLOUR_DIMS if with_colour else 0
-    f = ImplicitFunction(in_dim=c + implicit_decoder.COORD_DIMS + extra, hidden_dims=(7, 7))
+    f = ImplicitFunction(in_dim=c + implicit_decoder.COORD_DIMS, hidden_dims=(7, 7))
     features = torch.randn(1, c, 3, 4)
     params = f.layer_params(None)
     state = implicit_decoder.prepare(features, params)
     coords = torch.rand(1, 10, 2) * 2 - 1
     cell = torch.tensor([[0.3, 0.2]])
-    colour = torch.randn(1, 10, extra)
-    got = implicit_decoder.query(
-        state, coords, cell, colour=colour if with_colour else None, chunk_size=4
-    )
+    got = implicit_decoder.query(state, coords, cell)
 
     index, rel, weights = implicit_decoder.neighbours(coords, (3, 4))
     table = features[0].reshape(c, -1).t()  # (h * w, C)
     expected = torch.zeros(10)
     for k in range(4):
-        x = [table[index[0, :, k]], rel[0, :, k], coords[0], cell.expand(10, 2), colour[0]]
-        x = torch.cat(x, dim=1)
+        x = torch.cat([table[index[0, :, k]], rel[0, :, k], coords[0], cell.expand(10, 2)], dim=1)
         for layer, (w, b) in enumerate(zip(f.weights, f.biases, strict=True)):
             x = torch.nn.functional.linear(x if layer == 0 else torch.relu(x), w, b)
         expected += x[:, 0] * weights[0, :, k]
@@ -171,25 +164,3 @@ def test_folded_pixel_features_keep_the_function():
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="eval mode"):
         fusion.train().folded()
-
-
-def test_query_colour_is_read_at_each_query():
-    """With `query_colour`, f reads the image where it is queried: a change of colour at one
-    pixel changes the logit there (beyond what the encoder's features make of it elsewhere),
-    and a model told the colour must be given it."""
-    model = tiny_model("airm_efficientnet_lite0", query_colour=True)
-    with torch.no_grad():
-        model.implicit_function.weights[0][:, -3:].normal_(0.0, 1.0)
-    image, mask = torch.rand(1, 3, 64, 64), torch.rand(1, 1, 64, 64)
-    with torch.no_grad():
-        encoded = model.encode(image, mask)
-        assert encoded.image is not None and encoded.image.shape == image.shape
-        coords = implicit_decoder.pixel_centres(64, 64).reshape(1, -1, 2)
-        before = model.query(encoded, coords, out_size=(64, 64))
-        encoded.image[0, :, 10, 20] += 1.0
-        after = model.query(encoded, coords, out_size=(64, 64))
-        changed = (after - before).abs().reshape(64, 64) > 1e-6
-        assert changed[10, 20] and changed.sum() == 1
-        encoded.image = None
-        with pytest.raises(ValueError, match="per-query inputs"):
-            model.query(encoded, coords, out_size=(64, 64))

@@ -182,12 +182,10 @@ def test_refine_function_with_a_checkpoint(tiny_checkpoint):
     assert out.shape == (50, 70) and out.dtype == np.uint8
 
 
-@pytest.mark.parametrize("query_colour", [False, True])
-def test_tiles_cover_exactly_the_band(query_colour):
+def test_tiles_cover_exactly_the_band():
     """Tiled encoding queries the same pixels; with context covering the whole image each
-    tile sees the same input, so the result is the untiled one (a colour read at a query is
-    read where the tile holds that pixel)."""
-    model = tiny_model("airm_efficientnet_lite0", query_colour=query_colour)
+    tile sees the same input, so the result is the untiled one."""
+    model = tiny_model("airm_efficientnet_lite0")
     image, coarse = disc_pair(100, 130)
     img = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
     prob = torch.from_numpy(coarse)[None, None].float() / 255

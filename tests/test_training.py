@@ -414,20 +414,3 @@ def test_init_from_an_airm_checkpoint(big_folder, tmp_path):
     first_job = load_model(train(config, resume=True)).state_dict()
     assert all(torch.equal(a[k], first_job[k]) for k in a)
     assert '"event": "config"' in (tmp_path / "c" / "log.jsonl").read_text()
-
-
-def test_init_without_query_colour_for_a_model_with_it(big_folder, tmp_path):
-    """--init from a checkpoint whose f does not read the colour, with `--model
-    query_colour=true`: the run starts from its function and learns the colour's weights."""
-    first = train(tiny_config(big_folder, tmp_path / "a", iterations=1))
-    colour = (*TINY.items(), ("query_colour", True))
-    config = functools.partial(tiny_config, big_folder, init=str(first), model_overrides=colour)
-    start = load_model(train(config(tmp_path / "b", iterations=0)))
-    trained = load_model(train(config(tmp_path / "c", iterations=2)))
-    assert start.config.query_colour and trained.config.query_colour
-    old = load_model(first)
-    image, mask = torch.rand(1, 3, 64, 64), torch.rand(1, 1, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(start(image, mask).logits, old(image, mask).logits)
-    assert start.implicit_function.weights[0][:, -3:].abs().sum() == 0
-    assert trained.implicit_function.weights[0][:, -3:].abs().sum() > 0

@@ -27,10 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--encoder-weights", default=None, help="local RGB ImageNet weights for the encoder"
     )
     p.add_argument(
-        "--init",
-        default=None,
-        help="start from the weights of this airm checkpoint (the same variant; for a model "
-        "with --model query_colour=true, also one without it)",
+        "--init", default=None, help="start from the weights of this airm checkpoint (same variant)"
     )
     p.add_argument("--batch-size", type=int, default=None, help="batch size per process")
     p.add_argument("--iterations", type=int, default=None, help="total optimiser steps")

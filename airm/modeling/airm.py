@@ -37,15 +37,12 @@ class Encoded:
 
     decoder: f's parameters and the projected pixel features.
     mask: (B, 1, H, W) the coarse mask that was encoded, for the skip.
-    image: (B, 3, H, W) the normalised image, for an f that reads the colour at a query
-    (`ModelConfig.query_colour`); else None.
     view_scale: (H / H_pad, W / W_pad), where the unpadded input sits inside the padded one.
     affinity: (B, N, N) in (0, 1) when requested, else None; affinity_size: its grid (h, w).
     """
 
     decoder: DecoderState
     mask: torch.Tensor
-    image: torch.Tensor | None
     view_scale: tuple[float, float]
     affinity: torch.Tensor | None
     affinity_size: tuple[int, int]
@@ -91,8 +88,7 @@ class AIRM(nn.Module):
     ) -> Encoded:
         """image: (B, 3, H, W) RGB in [0, 1]; mask: (B, 1, H, W) probability in [0, 1]."""
         height, width = image.shape[-2:]
-        normalised = (image - self.pixel_mean) / self.pixel_std
-        x = torch.cat([normalised, mask * 2.0 - 1.0], dim=1)
+        x = torch.cat([(image - self.pixel_mean) / self.pixel_std, mask * 2.0 - 1.0], dim=1)
         pad_h = -height % SIZE_DIVISOR
         pad_w = -width % SIZE_DIVISOR
         if pad_h or pad_w:
@@ -106,7 +102,6 @@ class AIRM(nn.Module):
         return Encoded(
             decoder=implicit_decoder.prepare(features, params),
             mask=mask,
-            image=normalised if self.config.query_colour else None,
             view_scale=(height / (height + pad_h), width / (width + pad_w)),
             affinity=affinity,
             affinity_size=out.affinity_size,
@@ -130,15 +125,9 @@ class AIRM(nn.Module):
         h, w = encoded.decoder.grid
         cell = coords.new_tensor([h * sy / out_size[0], w * sx / out_size[1]])
         cell = cell.expand(coords.shape[0], 2)
+        logits = implicit_decoder.query(encoded.decoder, padded, cell, chunk_size=chunk_size)
         # grid_sample takes (x, y); align_corners=False matches the pixel-centre convention.
         grid = coords.flip(-1).unsqueeze(1)  # (B, 1, Q, 2)
-        colour = None
-        if encoded.image is not None:
-            colour = F.grid_sample(encoded.image, grid, mode="bilinear", align_corners=False)
-            colour = colour[:, :, 0].transpose(1, 2)  # (B, Q, 3)
-        logits = implicit_decoder.query(
-            encoded.decoder, padded, cell, colour=colour, chunk_size=chunk_size
-        )
         mask = F.grid_sample(encoded.mask, grid, mode="bilinear", align_corners=False)
         return logits + self.mask_skip * (2.0 * mask[:, 0, 0] - 1.0)
 

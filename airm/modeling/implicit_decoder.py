@@ -8,17 +8,16 @@ feature grid (h, w). For each query, f is evaluated on each of its 4 nearest fea
 - the relative offset q - p, in feature-cell units,
 - the absolute coordinate q (CRM),
 - the cell size, i.e. one output pixel's extent in feature-cell units (cell decoding),
-- optionally the image's colour at the query (`ModelConfig.query_colour`),
 
 and the 4 logits are blended by the area of the diagonally opposite rectangle, normalised to
 sum to one (bilinear weights away from the borders).
 
 f's first layer is linear in its input, so it is split by input: the feature part runs once
 per feature cell as a 1x1 convolution, stored as a channels-last table that each query gathers
-rows of (instead of the raw features); the absolute coordinate, cell size and colour are the
-same for a query's 4 neighbours, so their part runs once per query, not 4 times; only the
-relative offset's part runs per neighbour. That is the same function as LIIF's concatenation,
-with the heaviest products moved off the per-neighbour path.
+rows of (instead of the raw features); the absolute coordinate and cell size are the same for
+a query's 4 neighbours, so their part runs once per query, not 4 times; only the relative
+offset's part runs per neighbour. That is the same function as LIIF's concatenation, with the
+heaviest products moved off the per-neighbour path.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ import torch
 from airm.modeling.implicit_function import LayerParams, apply_linear, run_mlp
 
 COORD_DIMS = 6  # relative offset (2), absolute coordinate (2), cell size (2)
-COLOUR_DIMS = 3  # the query's RGB, when f reads it (after the coordinates)
 
 
 @dataclass
@@ -39,8 +37,7 @@ class DecoderState:
 
     feature_proj: (B, h, w, h1) contiguous, f's first layer applied to the pixel features F
     (no bias); channels last, so that a query's gather reads whole rows.
-    coord_weight: (out, k) or (B, out, k), f's first layer on [rel, abs, cell] (k = 6), or on
-    [rel, abs, cell, colour] (k = 9).
+    coord_weight: (out, 6) or (B, out, 6), f's first layer on [rel, abs, cell].
     params: every layer's weight and bias (the first layer's bias is used, not its weight).
     """
 
@@ -103,30 +100,24 @@ def query(
     coords: torch.Tensor,
     cell: torch.Tensor,
     *,
-    colour: torch.Tensor | None = None,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Evaluate f at query coordinates.
 
     coords: (B, Q, 2) float, (y, x) in [-1, 1] over the encoded view.
     cell: (B, 2) one query pixel's size (y, x) in feature-cell units.
-    colour: (B, Q, 3) the image at each query, for an f that reads it; else None.
     chunk_size: evaluate at most this many queries per image at once (bounds memory).
     Returns logits (B, Q) float32.
     """
     total = coords.shape[1]
     if chunk_size is None or chunk_size >= total:
-        return _query_chunk(state, coords, cell, colour)
-    parts = coords.split(chunk_size, dim=1)
-    colours = colour.split(chunk_size, dim=1) if colour is not None else [None] * len(parts)
+        return _query_chunk(state, coords, cell)
     return torch.cat(
-        [_query_chunk(state, p, cell, c) for p, c in zip(parts, colours, strict=True)], dim=1
+        [_query_chunk(state, part, cell) for part in coords.split(chunk_size, dim=1)], dim=1
     )
 
 
-def _query_chunk(
-    state: DecoderState, coords: torch.Tensor, cell: torch.Tensor, colour: torch.Tensor | None
-) -> torch.Tensor:
+def _query_chunk(state: DecoderState, coords: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
     b, h, w, hidden = state.feature_proj.shape
     q = coords.shape[1]
     index, rel, weights = neighbours(coords, (h, w))
@@ -134,18 +125,9 @@ def _query_chunk(
     table = state.feature_proj.view(b * h * w, hidden)
     offsets = torch.arange(b, device=coords.device).reshape(b, 1, 1) * (h * w)
     gathered = table.index_select(0, (index + offsets).reshape(-1)).reshape(b, q, 4, hidden)
-    # f's first layer on [rel, abs, cell(, colour)]: the offset per neighbour, the rest once
-    # per query.
+    # f's first layer on [rel, abs, cell]: the offset per neighbour, the rest once per query.
     weight, bias = state.coord_weight, state.params[0].bias
-    shared = [coords, cell.reshape(b, 1, 2).expand(b, q, 2)]
-    if colour is not None:
-        shared.append(colour.to(coords.dtype))
-    shared = torch.cat(shared, dim=-1)
-    if shared.shape[-1] != weight.shape[-1] - 2:
-        raise ValueError(
-            f"f's first layer takes {weight.shape[-1] - 2} per-query inputs, got "
-            f"{shared.shape[-1]} (is the colour given exactly when the model reads it?)"
-        )
+    shared = torch.cat([coords, cell.reshape(b, 1, 2).expand(b, q, 2)], dim=-1)
     per_query = apply_linear(shared, LayerParams(weight[..., 2:], bias))  # (B, Q, h1)
     per_offset = apply_linear(rel.reshape(b, q * 4, 2), LayerParams(weight[..., :2], None))
     pre = gathered + per_offset.reshape(b, q, 4, hidden) + per_query.unsqueeze(2)
