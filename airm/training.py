@@ -80,6 +80,9 @@ class TrainConfig:
     # scale. Off: in three A/Bs from the shipped weights it moved val by less than the
     # images' spread (README, the model card).
     cascade_fraction: float = 0.0
+    # Items turned by a random angle in [-d, d] degrees (0: none; CascadePSP and CRM train with
+    # a random affine, SPEC section 3 only with flips).
+    rotate_degrees: float = 0.0
     # DataLoader workers per process; None: this process's share of the machine's cores.
     workers: int | None = None
     # Decode the training pairs once and keep them in memory, shared by the workers (see
@@ -180,6 +183,7 @@ def training_items(config: TrainConfig, *, threads: int = 1) -> RefinementDatase
         paste_fraction=config.paste_fraction,
         whole_fraction=config.whole_fraction,
         cascade_fraction=config.cascade_fraction,
+        rotate_degrees=config.rotate_degrees,
         seed=config.seed,
         cache=config.cache_images,
         cache_threads=threads,

@@ -414,3 +414,31 @@ def test_init_from_an_airm_checkpoint(big_folder, tmp_path):
     first_job = load_model(train(config, resume=True)).state_dict()
     assert all(torch.equal(a[k], first_job[k]) for k in a)
     assert '"event": "config"' in (tmp_path / "c" / "log.jsonl").read_text()
+
+
+def test_rotated_items_keep_image_and_truth_aligned(tmp_path):
+    # The object is bright and the background dark, so wherever an item's truth says object
+    # its image must be bright: a rotation applied to one and not the other would show.
+    root = tmp_path / "disc"
+    root.mkdir()
+    yy, xx = np.mgrid[:96, :128]
+    truth = (yy - 40) ** 2 + (xx - 70) ** 2 < 30**2
+    image = np.where(truth[..., None], 220, 30).astype(np.uint8).repeat(3, axis=2)
+    Image.fromarray(image).save(root / "d_im.png")
+    Image.fromarray(truth.astype(np.uint8) * 255).save(root / "d_gt.png")
+    pairs = find_pairs(root)
+    plain = RefinementDataset(pairs, crop_size=64, seed=1)
+    turned = RefinementDataset(pairs, crop_size=64, seed=1, rotate_degrees=30)
+    differ = 0
+    for epoch in range(12):
+        plain.set_epoch(epoch)
+        turned.set_epoch(epoch)
+        img, _, gt = turned[0]
+        bright = img.mean(0) > 0.5
+        inner = torch.from_numpy(cv2.erode(gt[0].numpy(), np.ones((3, 3), np.uint8))) > 0.5
+        outer = torch.from_numpy(cv2.dilate(gt[0].numpy(), np.ones((3, 3), np.uint8))) < 0.5
+        assert bright[inner].all() and not bright[outer].any()
+        differ += not torch.equal(plain[0][2], gt)
+    assert differ >= 6
+    with pytest.raises(ValueError, match="rotate_degrees"):
+        RefinementDataset(pairs, rotate_degrees=200)

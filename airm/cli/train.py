@@ -65,6 +65,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="fraction of items whose coarse mask is the truth as a coarser scale hands it on",
     )
     p.add_argument(
+        "--rotate-degrees",
+        type=float,
+        default=None,
+        help="turn each item by a random angle in [-D, D] degrees (default 0: none)",
+    )
+    p.add_argument(
         "--workers", type=int, default=None, help="DataLoader workers per process (default: cores)"
     )
     p.add_argument(
@@ -129,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         "paste_fraction": args.paste_fraction,
         "whole_fraction": args.whole_fraction,
         "cascade_fraction": args.cascade_fraction,
+        "rotate_degrees": args.rotate_degrees,
         "query_anywhere": args.query_anywhere,
         "workers": args.workers,
         "cache_images": args.cache_images,
