@@ -33,6 +33,9 @@ class Pair:
     mask: Path
     coarse: Path | None = None  # BIG validation folders carry `<name>_seg.png`
     source: str = ""  # from the folder's manifest.json when present, else the name's prefix
+    # How the coarse mask was made (the manifest's "coarse" field, e.g. "lowres" or "perturb"
+    # in shared/data/val), when the manifest says; evaluation reports each kind apart.
+    coarse_kind: str = ""
 
 
 def find_pairs(root: str | os.PathLike) -> list[Pair]:
@@ -60,8 +63,15 @@ def find_pairs(root: str | os.PathLike) -> list[Pair]:
                 pairs.append(Pair(name, image, gt, seg if seg.is_file() else None))
     if not pairs:
         raise FileNotFoundError(f"no image/mask pairs in {root} (BIG or images/+masks/ layout)")
-    sources = _manifest_sources(root)
-    return [dataclasses.replace(p, source=sources.get(p.name, p.name.split("-")[0])) for p in pairs]
+    manifest = _manifest(root)
+    return [
+        dataclasses.replace(
+            p,
+            source=str(manifest.get(p.name, {}).get("source", p.name.split("-")[0])),
+            coarse_kind=str(manifest.get(p.name, {}).get("coarse", "")),
+        )
+        for p in pairs
+    ]
 
 
 def spread_pairs(pairs: list[Pair], limit: int | None) -> list[Pair]:
@@ -72,15 +82,16 @@ def spread_pairs(pairs: list[Pair], limit: int | None) -> list[Pair]:
     return [pairs[i] for i in picks]
 
 
-def _manifest_sources(root: Path) -> dict[str, str]:
-    """name -> source from a `manifest.json` list of {"name", "source", ...}, if there is one."""
+def _manifest(root: Path) -> dict[str, dict]:
+    """name -> entry of a `manifest.json` list of {"name", "source", ...}, if there is one
+    (an unreadable manifest is no manifest)."""
     path = root / "manifest.json"
     if not path.is_file():
         return {}
     try:
         entries = json.loads(path.read_text())
-        return {e["name"]: str(e["source"]) for e in entries if "name" in e and "source" in e}
-    except (ValueError, TypeError, KeyError):
+        return {e["name"]: e for e in entries if isinstance(e, dict) and "name" in e}
+    except (ValueError, TypeError):
         return {}
 
 

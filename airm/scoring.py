@@ -23,6 +23,9 @@ class ImageScore:
     source: str
     iou: float  # per-image IoU, 0..1
     boundary_accuracy: float | None  # None when the truth has no boundary
+    coarse_kind: str = ""  # how its coarse mask was made, when the data says (`Pair`)
+    intersection: int = 0  # pixels, for pooled IoU over any group of images
+    union: int = 0
 
 
 @dataclass
@@ -33,15 +36,23 @@ class ScoreAccumulator:
     union: int = 0
     images: list[ImageScore] = field(default_factory=list)
 
-    def add(self, name: str, pred: np.ndarray, gt: np.ndarray, source: str = "") -> ImageScore:
+    def add(
+        self, name: str, pred: np.ndarray, gt: np.ndarray, source: str = "", coarse_kind: str = ""
+    ) -> ImageScore:
         """pred, gt: HxW bool of the same size."""
         inter, union = iou_counts(pred, gt)
-        self.intersection += inter
-        self.union += union
         iou = inter / union if union else 1.0
-        score = ImageScore(name, source, iou, boundary_accuracy(pred, gt))
-        self.images.append(score)
+        score = ImageScore(
+            name, source, iou, boundary_accuracy(pred, gt), coarse_kind, inter, union
+        )
+        self.add_score(score)
         return score
+
+    def add_score(self, score: ImageScore) -> None:
+        """Count an image already scored (by another accumulator's `add`)."""
+        self.intersection += score.intersection
+        self.union += score.union
+        self.images.append(score)
 
     @property
     def skipped_mba(self) -> list[str]:
@@ -94,18 +105,25 @@ def score_pairs(pairs: list[Pair], predict: Predict) -> dict:
     """Score `predict` over BIG-layout pairs against their `_gt` truths.
 
     Returns the overall summary, "skipped_mba" (images whose truth has no boundary),
-    per-source "sources" summaries and per-image "images" scores.
+    per-source "sources" summaries, "coarse_kinds" summaries per source and kind of coarse
+    mask ("Kvasir-SEG / lowres"; empty when the data does not say how its coarse masks were
+    made) and per-image "images" scores.
     """
     overall = ScoreAccumulator()
     sources: dict[str, ScoreAccumulator] = {}
+    kinds: dict[str, ScoreAccumulator] = {}
     for pair in pairs:
         gt = read_mask(pair.mask, max_pixels=None) > 0.5
         pred = to_truth_size(predict(pair), gt.shape)
-        overall.add(pair.name, pred, gt, pair.source)
-        sources.setdefault(pair.source, ScoreAccumulator()).add(pair.name, pred, gt)
+        score = overall.add(pair.name, pred, gt, pair.source, pair.coarse_kind)
+        sources.setdefault(pair.source, ScoreAccumulator()).add_score(score)
+        if pair.coarse_kind:
+            kind = f"{pair.source} / {pair.coarse_kind}"
+            kinds.setdefault(kind, ScoreAccumulator()).add_score(score)
     return {
         **overall.summary(),
         "skipped_mba": overall.skipped_mba,
         "sources": {k: v.summary() for k, v in sorted(sources.items())},
+        "coarse_kinds": {k: v.summary() for k, v in sorted(kinds.items())},
         "images": [asdict(s) for s in overall.images],
     }

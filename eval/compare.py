@@ -1,13 +1,16 @@
 """Paired bootstrap of per-image scores between methods of one `python -m eval` run.
 
-    python -m eval.compare runs/eval --reference airm [--resamples 5000]
+    python -m eval.compare runs/eval --reference airm [--resamples 5000] [--by coarse]
 
 For each method beside the reference, the mean over images of (method - reference) per-image
 IoU and boundary accuracy (the quantities whose means are the table's mean IoU and mBA), and a
 95% percentile interval from resampling the images with replacement, the same resample for
 both methods (so the interval is of the paired difference). An interval that excludes zero says
 the difference is larger than the spread of the images would make by chance. Reads the
-`OUT/<method>/scores.json` files that `python -m eval` writes.
+`OUT/<method>/scores.json` files that `python -m eval` writes. `--by source` (or `--by coarse`:
+source and kind of coarse mask, where the data's manifest says) adds a row per group, each
+resampled within itself: two changes that trade one kind of input against another can tie
+overall.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +27,12 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Difference:
-    """mean (method - reference) and its 95% interval, in points (x 100)."""
+    """mean (method - reference) over n images and its 95% interval, in points (x 100)."""
 
     mean: float
     low: float
     high: float
+    n: int = 0
 
     def __str__(self) -> str:
         return f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}]"
@@ -41,7 +46,7 @@ def paired_bootstrap(
     rng = np.random.default_rng(seed)
     means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
-    return Difference(float(diff.mean()), float(low), float(high))
+    return Difference(float(diff.mean()), float(low), float(high), len(diff))
 
 
 def read_scores(out: Path, method: str) -> dict[str, dict]:
@@ -52,13 +57,33 @@ def read_scores(out: Path, method: str) -> dict[str, dict]:
     return {s["name"]: s for s in json.loads(path.read_text())}
 
 
+def group_names(scores: dict[str, dict], by: str) -> dict[str, list[str]]:
+    """group -> names of one method's images, by "source" or by "coarse" (source and kind of
+    coarse mask; images whose kind is unknown form their source's own group)."""
+    if by not in ("source", "coarse"):
+        raise ValueError(f"by must be 'source' or 'coarse', got {by!r}")
+    groups: dict[str, list[str]] = {}
+    for name, s in sorted(scores.items()):
+        key = s.get("source", "")
+        if by == "coarse" and s.get("coarse_kind"):
+            key = f"{key} / {s['coarse_kind']}"
+        groups.setdefault(key, []).append(name)
+    return dict(sorted(groups.items()))
+
+
 def compare(
-    out: Path, method: str, reference: str, *, resamples: int = 5000, seed: int = 0
+    out: Path,
+    method: str,
+    reference: str,
+    *,
+    resamples: int = 5000,
+    seed: int = 0,
+    only: Iterable[str] | None = None,
 ) -> dict[str, Difference]:
     """{"iou": ..., "mba": ...} differences of `method` against `reference` over their common
-    images (for mBA, those whose truth has a boundary)."""
+    images, or those of them in `only` (for mBA, those whose truth has a boundary)."""
     ours, ref = read_scores(out, method), read_scores(out, reference)
-    names = sorted(ours.keys() & ref.keys())
+    names = sorted(ours.keys() & ref.keys() & (set(only) if only is not None else ref.keys()))
     if not names:
         raise ValueError(f"{method} and {reference} share no images")
     bounded = [n for n in names if ref[n]["boundary_accuracy"] is not None]
@@ -92,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--resamples", type=int, default=5000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    p.add_argument(
+        "--by",
+        choices=("source", "coarse"),
+        default=None,
+        help="also a row per source, or per source and kind of coarse mask",
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
     if args.methods:
@@ -99,15 +130,32 @@ def main(argv: list[str] | None = None) -> int:
     else:
         methods = sorted(d.name for d in out.iterdir() if (d / "scores.json").is_file())
     methods = [m for m in methods if m != args.reference]
-    print(f"| method - {args.reference} | mean IoU (95% interval) | mBA (95% interval) |")
-    print("|---|---|---|")
+    try:
+        groups = {"all": None}
+        if args.by:
+            groups.update(group_names(read_scores(out, args.reference), args.by))
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"| method - {args.reference} | images | n | mean IoU (95% interval) | mBA (95% interval) |"
+    )
+    print("|---|---|--:|---|---|")
     for method in methods:
-        try:
-            d = compare(out, method, args.reference, resamples=args.resamples, seed=args.seed)
-        except (FileNotFoundError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(f"| {method} | {d['iou']} | {d['mba']} |")
+        for group, names in groups.items():
+            try:
+                d = compare(
+                    out,
+                    method,
+                    args.reference,
+                    resamples=args.resamples,
+                    seed=args.seed,
+                    only=names,
+                )
+            except (FileNotFoundError, ValueError) as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            print(f"| {method} | {group} | {d['iou'].n} | {d['iou']} | {d['mba']} |")
     return 0
 
 

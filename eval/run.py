@@ -119,7 +119,8 @@ def _nums(s: dict) -> dict:
 
 
 def markdown_table(rows: list[dict], coarse: dict) -> str:
-    """Per method, per source, and the published numbers, as markdown."""
+    """Per method, per source, per source and kind of coarse mask (when the data's manifest
+    says how each was made), and the published numbers, as markdown."""
     lines = [
         "| method | n | IoU | mean IoU | mBA | IoU gain | mBA gain | s / image | peak MB |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
@@ -130,15 +131,21 @@ def markdown_table(rows: list[dict], coarse: dict) -> str:
             f"| {r['iou'] - coarse['iou']:+.2f} | {r['mba'] - coarse['mba']:+.2f} "
             f"| {r['sec_per_image']:.3f} | {r['peak_mb']:.0f} |"
         )
-    sources = sorted({s for r in rows for s in r["sources"]})
-    if len(sources) > 1:
-        lines += ["", "| source | method | n | IoU | mean IoU | mBA |", "|---|---|--:|--:|--:|--:|"]
-        for source in sources:
+    for key, title in (("sources", "source"), ("coarse_kinds", "source / coarse mask")):
+        groups = sorted({g for r in rows for g in r.get(key, {})})
+        if len(groups) < 2:
+            continue
+        lines += [
+            "",
+            f"| {title} | method | n | IoU | mean IoU | mBA |",
+            "|---|---|--:|--:|--:|--:|",
+        ]
+        for group in groups:
             for r in rows:
-                s = r["sources"].get(source)
+                s = r[key].get(group)
                 if s:
                     lines.append(
-                        f"| {source} | {r['method']} | {s['n']} | {s['iou']:.2f} "
+                        f"| {group} | {r['method']} | {s['n']} | {s['iou']:.2f} "
                         f"| {s['mean_iou']:.2f} | {s['mba']:.2f} |"
                     )
     lines += ["", "| published, BIG test (PSPNet coarse) | IoU | mBA |", "|---|--:|--:|"]

@@ -12,7 +12,8 @@ from conftest import disc_pair
 
 
 def big_folder(root, n=3):
-    """A BIG-layout folder of generated pairs, with a manifest naming two sources."""
+    """A BIG-layout folder of generated pairs, with a manifest naming two sources and, for all
+    but the last pair, how its coarse mask was made."""
     root.mkdir()
     manifest = []
     for i in range(n):
@@ -21,7 +22,10 @@ def big_folder(root, n=3):
         Image.fromarray(image).save(root / f"d-{i}_im.jpg")
         Image.fromarray(truth.astype(np.uint8) * 255).save(root / f"d-{i}_gt.png")
         Image.fromarray(coarse).save(root / f"d-{i}_seg.png")
-        manifest.append({"name": f"d-{i}", "source": "even" if i % 2 == 0 else "odd"})
+        entry = {"name": f"d-{i}", "source": "even" if i % 2 == 0 else "odd"}
+        if i < n - 1:
+            entry["coarse"] = "lowres" if i < 2 else "perturb"
+        manifest.append(entry)
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
 
@@ -58,11 +62,18 @@ def test_results_are_what_the_written_masks_score(tmp_path, tiny_checkpoint, cap
         assert row["mba"] == pytest.approx(mba, abs=1e-9)
         assert row["n"] == 3 and row["sec_per_image"] >= 0 and row["peak_mb"] > 0
         assert set(row["sources"]) == {"even", "odd"}
+        # d-0 and d-1 lowres, d-2 of unknown kind: grouped only where the manifest says
+        assert set(row["coarse_kinds"]) == {"even / lowres", "odd / lowres"}
+        for group, name in (("even / lowres", "d-0"), ("odd / lowres", "d-1")):
+            iou, mba = rescore(data, out, row["method"], [name])
+            assert row["coarse_kinds"][group]["iou"] == pytest.approx(iou, abs=1e-9)
+            assert row["coarse_kinds"][group]["mba"] == pytest.approx(mba, abs=1e-9)
     with open(out / "results.csv") as f:
         lines = list(csv.DictReader(f))
     assert len(lines) == 4 * 3  # each method: all + 2 sources
     table = capsys.readouterr().out
     assert "| tiny | 3 |" in table and "AIRM (paper)" in table and "| odd | coarse |" in table
+    assert "| odd / lowres | tiny | 1 |" in table
     overlays = sorted(p.name for p in (out / "overlays").iterdir())
     assert len(overlays) == 3 * 2 and all(p.endswith(".jpg") for p in overlays)
 
@@ -140,6 +151,40 @@ def test_paired_bootstrap_sees_a_consistent_gain_and_not_noise(tmp_path):
     assert d["iou"].low > 1.9 and abs(d["mba"].mean) < 1e-9
     assert compare_main([str(tmp_path), "--reference", "ref"]) == 0
     assert compare_main([str(tmp_path), "--reference", "absent"]) == 2
+
+
+def test_compare_by_kind_of_coarse_mask_shows_a_trade_that_ties_overall(tmp_path, capsys):
+    from eval.compare import compare, group_names
+    from eval.compare import main as compare_main
+
+    base = np.random.default_rng(1).uniform(0.6, 0.9, 100)
+    for method in ("ref", "trade"):
+        (tmp_path / method).mkdir()
+        scores = []
+        for i, b in enumerate(base):
+            kind = "lowres" if i % 2 else "perturb"
+            shift = 0.0 if method == "ref" else (0.03 if kind == "lowres" else -0.03)
+            scores.append(
+                {
+                    "name": f"i{i}",
+                    "source": "s",
+                    "coarse_kind": kind,
+                    "iou": b + shift,
+                    "boundary_accuracy": b,
+                }
+            )
+        (tmp_path / method / "scores.json").write_text(json.dumps(scores))
+    groups = group_names({s["name"]: s for s in scores}, "coarse")
+    assert sorted(groups) == ["s / lowres", "s / perturb"] and len(groups["s / lowres"]) == 50
+    assert abs(compare(tmp_path, "trade", "ref")["iou"].mean) < 1e-9
+    lowres = compare(tmp_path, "trade", "ref", only=groups["s / lowres"])["iou"]
+    assert lowres.n == 50 and lowres.low > 2.9
+    assert compare(tmp_path, "trade", "ref", only=groups["s / perturb"])["iou"].high < -2.9
+    capsys.readouterr()
+    assert compare_main([str(tmp_path), "--reference", "ref", "--by", "coarse"]) == 0
+    table = capsys.readouterr().out
+    assert "| trade | all | 100 |" in table and "| trade | s / lowres | 50 | +3.00" in table
+    assert "| trade | s / perturb | 50 | -3.00" in table
 
 
 def test_benchmark_reports_every_measurement(tmp_path, tiny_checkpoint, capsys):
