@@ -199,7 +199,8 @@ class RefinementDataset(Dataset):
     mask at the last scale, the shipped model re-draws the boundary from the image (on val,
     the truth at half resolution, mBA 98.4, came out at 81.6); 3,000 iterations with a
     quarter of such items kept more of it (83.9), but moved val by less than the images'
-    spread (README, the model card).
+    spread: better on its nearly right coarse masks, worse on its wrong ones
+    (docs/model-history.md).
 
     Rotation: with `rotate_degrees`, every item is turned by an angle drawn from [-d, d] about
     its centre after rescaling, image and masks alike (borders reflected), as CascadePSP's and

@@ -60,8 +60,8 @@ class InferenceOptions:
     # A scale between the first and the full resolution (both always refined) is skipped
     # when its shorter side is less than this many times the last refined scale's. Raising
     # small scales to min_size can put two of them nearly together (a 480 x 854 image: 224,
-    # 240, 480), and on val refining twice at nearly one size lost IoU and mBA (README, The
-    # shipped model).
+    # 240, 480), and on val refining twice at nearly one size lost IoU and mBA
+    # (docs/model-history.md).
     min_step: float = 1.5
     # Query only pixels within this many pixels of the current boundary after the first scale;
     # None queries every pixel.
@@ -69,7 +69,7 @@ class InferenceOptions:
     # The same at the first scale. Kept narrow: the later scales widen the reach (8 px at 1/8
     # scale is 64 px of the image), and a wide first band lets a model trained only near the
     # boundary invent foreground far from the object (on val, 32 px: the shipped model +0.22
-    # mBA, the SIRMF and CRM-style baselines -1.2 pooled IoU; README, The shipped model).
+    # mBA, the SIRMF and CRM-style baselines -1.2 pooled IoU; docs/model-history.md).
     first_band: int | None = 8
     # Also query, at every scale, within the scale's band of the coarse mask's own boundary:
     # a part thinner than a coarse scale's pixels (a stroke, a strap) is erased there and,

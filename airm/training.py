@@ -70,7 +70,7 @@ class TrainConfig:
     # Fraction of items that paste another pair's object onto the photograph, the photograph's
     # own object left unmarked (copy-paste). At equal iterations it narrowed the gap between
     # every-pixel and banded refinement on val twice, the banded path unmoved; 12,000
-    # iterations of it closed that gap (README, the shipped model).
+    # iterations of it closed that gap (docs/model-history.md).
     paste_fraction: float = 0.3
     # Fraction of items seen whole, as inference's first scale sees them (the image's shorter
     # side rescaled to the crop size); off until an equal-budget run shows it helps on val.
@@ -78,7 +78,8 @@ class TrainConfig:
     # Fraction of items whose coarse mask is the truth as a coarser scale of inference hands
     # it on (shrunk 1.5-4 times, enlarged back: soft, nearly right), the input of every later
     # scale. Off: in three A/Bs from the shipped weights it moved val by less than the
-    # images' spread (README, the model card).
+    # images' spread, trading val's nearly right coarse masks against its wrong ones
+    # (docs/model-history.md).
     cascade_fraction: float = 0.0
     # Items turned by a random angle in [-d, d] degrees (0: none; CascadePSP and CRM train with
     # a random affine, SPEC section 3 only with flips).
