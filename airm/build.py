@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from airm.config import LITE_MEAN, LITE_STD, ModelConfig
 from airm.modeling.affinity import AttentionAffinity, FeatureDistanceAffinity
-from airm.modeling.airm import AIRM
+from airm.modeling.airm import AIRM, SkipGate
 from airm.modeling.encoder import CNNEncoder, MixTransformerEncoder
 from airm.modeling.hypernetwork import Hypernetwork
 from airm.modeling.implicit_decoder import COORD_DIMS
@@ -62,6 +62,7 @@ def build_model(config: ModelConfig | str, **overrides) -> AIRM:
         implicit_function=implicit_function,
         hypernetwork=hypernetwork,
         affinity_head=affinity if config.affinity else None,
+        skip_gate=SkipGate(config.feature_dim) if config.skip_gate else None,
     )
 
 

@@ -6,6 +6,7 @@ do not match the network its config describes is refused with a message naming t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -88,6 +89,28 @@ def load_weights(model: AIRM, path: str | os.PathLike) -> AIRM:
             f"modulation={model.config.modulation}); use airm.load_model(path) to build its own"
         )
     load_state(model, tensors, source=str(path))
+    return model
+
+
+# Model config fields that only add parts which start as the identity (zero-initialised), so
+# that a checkpoint without them, loaded into a model with them, computes the same function.
+ADDITIVE_FIELDS = ("skip_gate",)
+
+
+def load_initial_weights(model: AIRM, path: str | os.PathLike) -> AIRM:
+    """Load a checkpoint to train `model` from (`train.py --init`): one of the same variant, or
+    one that lacks parts in `ADDITIVE_FIELDS` that `model` has; those keep their initial
+    values, with which the model computes the checkpoint's function until training moves them."""
+    config, tensors, _ = read_checkpoint(path)
+    added = [f for f in ADDITIVE_FIELDS if getattr(model.config, f) and not getattr(config, f)]
+    if config == model.config or not added:
+        return load_weights(model, path)
+    if dataclasses.replace(config, **{f: True for f in added}) != model.config:
+        return load_weights(model, path)  # refused, with its message
+    own = model.state_dict()
+    prefixes = tuple(f"{f}." for f in added)
+    tensors = {**tensors, **{k: v for k, v in own.items() if k.startswith(prefixes)}}
+    load_state(model, tensors, source=f"{path} (with {', '.join(added)} added)")
     return model
 
 

@@ -44,6 +44,12 @@ class ModelConfig:
     # image shares. An experiment (issue 11): without it, that vector varies by 16% between
     # val images and the shipped head passes on 7% (`python -m eval.modulation`).
     hyper_input_norm: bool = False
+    # Weigh the coarse mask's skip (see `airm.modeling.airm`) per encoded window by 2 sigmoid(g),
+    # g read from the pixel features by a small head that starts at zero (so at first the
+    # weight is the shared one): the network may then trust a nearly right coarse mask more
+    # than a wrong one. An experiment: on val the shipped model spoils nearly right `lowres`
+    # masks, and training it to trust its input more cost as much on the wrong ones (README).
+    skip_gate: bool = False
     # Learn affinity (attention-derived for MiT, feature-distance for CNNs) during training.
     affinity: bool = True
     # Width of the embedding whose L1 distances give a CNN encoder's affinity.

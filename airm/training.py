@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from airm.allocator import retain_freed_memory
 from airm.build import VARIANTS, build_model
-from airm.checkpoint import load_weights, save_model
+from airm.checkpoint import load_initial_weights, save_model
 from airm.config import ModelConfig
 from airm.data import Pair, RefinementDataset, find_pairs, spread_pairs
 from airm.inference import InferenceOptions, autocast_dtype
@@ -394,7 +394,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
     if config.encoder_weights and not resuming:
         load_encoder_rgb_weights(model, config.encoder_weights)
     if config.init and not resuming:
-        load_weights(model, config.init)
+        load_initial_weights(model, config.init)
     autocast = training_autocast(config, device)
     if device.type == "cpu" and autocast == torch.bfloat16:
         float32_depthwise(model)

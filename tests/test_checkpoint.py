@@ -61,3 +61,28 @@ def test_plain_safetensors_is_not_an_airm_checkpoint(tmp_path):
     save_file({"x": torch.zeros(2)}, str(path))
     with pytest.raises(CheckpointError, match="not an airm model"):
         load_model(path)
+
+
+def test_init_adds_a_skip_gate_that_starts_as_the_shared_skip(tmp_path):
+    from airm.checkpoint import load_initial_weights
+
+    plain = tiny_model("airm_efficientnet_lite0")
+    path = tmp_path / "plain.safetensors"
+    save_model(plain, path)
+    gated = tiny_model("airm_efficientnet_lite0", skip_gate=True).eval()
+    with pytest.raises(CheckpointError, match="different variant"):
+        load_weights(gated, path)  # strict loading still refuses it
+    load_initial_weights(gated, path)
+    image, mask = torch.rand(2, 3, 64, 64), (torch.rand(2, 1, 64, 64) > 0.5).float()
+    with torch.no_grad():
+        before = plain(image, mask).logits
+        assert torch.allclose(gated(image, mask).logits, before, atol=1e-5)
+        gated.skip_gate.g.bias.fill_(20.0)  # weight 2 sigmoid(20) = 2: the skip doubled
+        doubled = gated(image, mask).logits
+    expected = before + plain.mask_skip * (2 * mask - 1)
+    assert torch.allclose(doubled, expected, atol=1e-4)
+    # a checkpoint of another variant stays refused, gate or not
+    sirmf = tmp_path / "sirmf.safetensors"
+    save_model(tiny_model("airm_efficientnet_lite0", modulation=False), sirmf)
+    with pytest.raises(CheckpointError, match="different variant"):
+        load_initial_weights(gated, sirmf)

@@ -7,7 +7,8 @@ implicit function f, queried LIIF-style at any coordinate. The parts are built e
 One addition to the paper: the output logit at a query is f's logit plus a learned multiple of
 the coarse mask there (2 m(q) - 1, m sampled bilinearly). Refinement mostly keeps the coarse
 mask, so f starts from "copy the input" and only learns corrections; without this skip a
-network trained from few steps first spends them learning to copy (SPEC section 3).
+network trained from few steps first spends them learning to copy (SPEC section 3). With
+`ModelConfig.skip_gate` that multiple is weighed per encoded window by `SkipGate`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,31 @@ from airm.modeling.implicit_decoder import DecoderState
 from airm.modeling.implicit_function import ImplicitFunction
 from airm.modeling.pixel_features import FoldedPixelFeatureFusion, PixelFeatureFusion
 
+
+class SkipGate(nn.Module):
+    """Pixel features (B, C, h, w) -> the skip's weight per window (B,), in (0, 2).
+
+    One strided Conv+BN+ReLU, global average pooling and a linear layer g that starts at zero,
+    so that every window starts at weight 2 sigmoid(0) = 1: the shared skip, unchanged.
+    """
+
+    def __init__(self, feature_dim: int, hidden_dim: int = 32) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(feature_dim, hidden_dim, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.g = nn.Linear(hidden_dim, 1)
+        nn.init.zeros_(self.g.weight)
+        nn.init.zeros_(self.g.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return 2.0 * torch.sigmoid(self.g(self.body(features)).float()[:, 0])
+
+
 # Inputs are padded to a multiple of this so that every stage tiles the view exactly.
 SIZE_DIVISOR = 32
 
@@ -37,6 +63,7 @@ class Encoded:
 
     decoder: f's parameters and the projected pixel features.
     mask: (B, 1, H, W) the coarse mask that was encoded, for the skip.
+    skip_weight: (B,) the skip's weight per window (`SkipGate`), or None for the shared one.
     view_scale: (H / H_pad, W / W_pad), where the unpadded input sits inside the padded one.
     affinity: (B, N, N) in (0, 1) when requested, else None; affinity_size: its grid (h, w).
     """
@@ -46,6 +73,7 @@ class Encoded:
     view_scale: tuple[float, float]
     affinity: torch.Tensor | None
     affinity_size: tuple[int, int]
+    skip_weight: torch.Tensor | None = None
 
 
 @dataclass
@@ -67,6 +95,7 @@ class AIRM(nn.Module):
         implicit_function: ImplicitFunction,
         hypernetwork: Hypernetwork | None,
         affinity_head: AttentionAffinity | FeatureDistanceAffinity | None,
+        skip_gate: SkipGate | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -75,6 +104,7 @@ class AIRM(nn.Module):
         self.implicit_function = implicit_function
         self.hypernetwork = hypernetwork
         self.affinity_head = affinity_head
+        self.skip_gate = skip_gate
         self.mask_skip = nn.Parameter(torch.tensor(3.0))
         self.register_buffer(
             "pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False
@@ -105,6 +135,7 @@ class AIRM(nn.Module):
             view_scale=(height / (height + pad_h), width / (width + pad_w)),
             affinity=affinity,
             affinity_size=out.affinity_size,
+            skip_weight=self.skip_gate(features) if self.skip_gate is not None else None,
         )
 
     def query(
@@ -129,7 +160,10 @@ class AIRM(nn.Module):
         # grid_sample takes (x, y); align_corners=False matches the pixel-centre convention.
         grid = coords.flip(-1).unsqueeze(1)  # (B, 1, Q, 2)
         mask = F.grid_sample(encoded.mask, grid, mode="bilinear", align_corners=False)
-        return logits + self.mask_skip * (2.0 * mask[:, 0, 0] - 1.0)
+        skip = self.mask_skip
+        if encoded.skip_weight is not None:
+            skip = skip * encoded.skip_weight[:, None]
+        return logits + skip * (2.0 * mask[:, 0, 0] - 1.0)
 
     def forward(
         self,
