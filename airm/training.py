@@ -100,6 +100,10 @@ class TrainConfig:
     checkpoint_interval: int = 200
     loss: LossWeights = field(default_factory=LossWeights)
     model_overrides: tuple[tuple[str, object], ...] = ()
+    # (prefix, factor): parameters whose names start with prefix learn at lr x factor (the
+    # first matching prefix wins), e.g. a part that starts from scratch in a model otherwise
+    # fine-tuned from --init.
+    lr_scales: tuple[tuple[str, float], ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -307,6 +311,21 @@ def training_step(
     return losses
 
 
+def parameter_groups(model: nn.Module, lr_scales: tuple[tuple[str, float], ...]) -> list[dict]:
+    """The optimiser's parameter groups: one per prefix of `lr_scales` (its parameters and
+    its "lr_scale"), then the rest at scale 1. A prefix that names no parameter is an error."""
+    named = list(model.named_parameters())
+    groups, taken = [], set()
+    for prefix, factor in lr_scales:
+        params = [p for n, p in named if n.startswith(prefix) and n not in taken]
+        if not params:
+            raise ValueError(f"lr scale {prefix!r} names no parameter of this model")
+        taken |= {n for n, _ in named if n.startswith(prefix)}
+        groups.append({"params": params, "lr_scale": float(factor)})
+    rest = [p for n, p in named if n not in taken]
+    return [*groups, {"params": rest, "lr_scale": 1.0}] if rest else groups
+
+
 def lr_factor(step: int, config: TrainConfig) -> float:
     return 0.1 ** sum(step >= int(m * config.iterations) for m in config.lr_milestones)
 
@@ -400,7 +419,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
         float32_depthwise(model)
     # Channels-last convolutions are the fast ones on GPUs (and for oneDNN on CPUs).
     model.to(device=device, memory_format=torch.channels_last).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(parameter_groups(model, config.lr_scales), lr=config.lr)
     start, best = 0, -math.inf
     if resuming:
         state = torch.load(last, map_location=device, weights_only=True)
@@ -455,7 +474,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
     step = start
     for step, batch in enumerate(loader, start=start + 1):
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * lr_factor(step - 1, config)
+            group["lr"] = config.lr * group["lr_scale"] * lr_factor(step - 1, config)
         losses = training_step(
             net,
             optimizer,

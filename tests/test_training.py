@@ -19,6 +19,7 @@ from airm.training import (
     StepSampler,
     TrainConfig,
     float32_depthwise,
+    parameter_groups,
     train,
     training_autocast,
 )
@@ -442,3 +443,31 @@ def test_rotated_items_keep_image_and_truth_aligned(tmp_path):
     assert differ >= 6
     with pytest.raises(ValueError, match="rotate_degrees"):
         RefinementDataset(pairs, rotate_degrees=200)
+
+
+def test_lr_scales_give_a_part_its_own_rate_and_resume_exactly(big_folder, tmp_path):
+    model = tiny_model("airm_efficientnet_lite0", skip_gate=True)
+    groups = parameter_groups(model, (("skip_gate", 10.0),))
+    gate = {id(p) for p in model.skip_gate.parameters()}
+    assert [g["lr_scale"] for g in groups] == [10.0, 1.0]
+    assert {id(p) for p in groups[0]["params"]} == gate
+    assert len(groups[1]["params"]) == len(list(model.parameters())) - len(gate)
+    with pytest.raises(ValueError, match="names no parameter"):
+        parameter_groups(model, (("no_such_part", 2.0),))
+    scaled = dict(
+        model_overrides=(*TINY.items(), ("skip_gate", True)), lr_scales=(("skip_gate", 10.0),)
+    )
+    straight = train(tiny_config(big_folder, tmp_path / "a", **scaled))
+    train(tiny_config(big_folder, tmp_path / "b", **scaled), stop_at=2)
+    resumed = train(tiny_config(big_folder, tmp_path / "b", **scaled), resume=True)
+    a, b = load_model(straight).state_dict(), load_model(resumed).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the gate moved further from its start than at the shared rate
+    plain = train(
+        tiny_config(big_folder, tmp_path / "c", model_overrides=scaled["model_overrides"])
+    )
+    moved = {
+        name: load_model(path).skip_gate.g.weight.abs().sum().item()
+        for name, path in (("scaled", straight), ("plain", plain))
+    }
+    assert moved["scaled"] > 3 * moved["plain"]

@@ -94,6 +94,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="change a field of the variant's ModelConfig (repeatable; VALUE in JSON: "
         "rank=8, hyper_input_norm=true, hidden_dims=[64,64])",
     )
+    p.add_argument(
+        "--lr-scale",
+        action="append",
+        default=[],
+        metavar="PREFIX=FACTOR",
+        help="parameters whose names start with PREFIX learn at lr x FACTOR (repeatable; "
+        "e.g. skip_gate=30 for a part that --init's checkpoint lacks)",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed of data order and augmentation")
     p.add_argument("--log-interval", type=int, default=None, help="steps between log lines")
     p.add_argument("--val-interval", type=int, default=None, help="steps between validations")
@@ -151,10 +159,16 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        lr_scales = tuple(_lr_scale(text) for text in args.lr_scale)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     config = TrainConfig(
         data=tuple(args.data),
         out=args.out,
         model_overrides=overrides,
+        lr_scales=lr_scales,
         **{k: v for k, v in fields.items() if v is not None},
     )
     final = train(config, resume=args.resume)
@@ -165,3 +179,15 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return run(parse_args(argv))
+
+
+def _lr_scale(text: str) -> tuple[str, float]:
+    """ "PREFIX=FACTOR" -> (prefix, factor), FACTOR a positive number."""
+    prefix, sep, value = text.partition("=")
+    try:
+        factor = float(value)
+    except ValueError:
+        factor = -1.0
+    if not sep or not prefix or not factor > 0:
+        raise ValueError(f"--lr-scale takes PREFIX=FACTOR with FACTOR > 0, got {text!r}")
+    return prefix, factor
