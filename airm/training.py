@@ -496,7 +496,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
                     {
                         "event": "train",
                         "step": step,
-                        "lr": optimizer.param_groups[0]["lr"],
+                        "lr": config.lr * lr_factor(step - 1, config),
                         "it_per_s": speed,
                         "samples_per_s": speed * config.batch_size * world,
                         **avg,
