@@ -48,7 +48,9 @@ class ModelConfig:
     # g read from the pixel features by a small head that starts at zero (so at first the
     # weight is the shared one): the network may then trust a nearly right coarse mask more
     # than a wrong one. An experiment: on val the shipped model spoils nearly right `lowres`
-    # masks, and training it to trust its input more cost as much on the wrong ones (README).
+    # masks, and training it to trust its input more cost as much on the wrong ones; in 3,000
+    # iterations from the shipped weights the gate learned one weight for all of val's
+    # windows (docs/model-history.md).
     skip_gate: bool = False
     # Learn affinity (attention-derived for MiT, feature-distance for CNNs) during training.
     affinity: bool = True
