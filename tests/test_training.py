@@ -70,15 +70,20 @@ def _has_boundary(mask: torch.Tensor) -> bool:
     return bool(mask.min() != mask.max())
 
 
+def bright_object_pairs(root, truth: np.ndarray, name: str = "a"):
+    """Write one pair whose image is bright where `truth` is and dark elsewhere; its pairs."""
+    root.mkdir(exist_ok=True)
+    image = np.where(truth[..., None], 230, 30).astype(np.uint8).repeat(3, axis=2)
+    Image.fromarray(image).save(root / f"{name}_im.png")
+    Image.fromarray(truth.astype(np.uint8) * 255).save(root / f"{name}_gt.png")
+    return find_pairs(root)
+
+
 def test_far_crops_hold_no_boundary_and_near_crops_do(tmp_path):
     # A strip as tall as the crop (so no rescaling) with a disc at one end: a crop can lie far
     # from its outline or on it.
     yy, xx = np.mgrid[:64, :600]
-    truth = (yy - 32) ** 2 + (xx - 520) ** 2 < 24**2
-    image = np.where(truth[..., None], 230, 30).astype(np.uint8).repeat(3, axis=2)
-    Image.fromarray(image).save(tmp_path / "a_im.png")
-    Image.fromarray(truth.astype(np.uint8) * 255).save(tmp_path / "a_gt.png")
-    pairs = find_pairs(tmp_path)
+    pairs = bright_object_pairs(tmp_path, (yy - 32) ** 2 + (xx - 520) ** 2 < 24**2)
 
     def crops(far_fraction: float) -> list[torch.Tensor]:
         dataset = RefinementDataset(pairs, crop_size=64, far_fraction=far_fraction)
@@ -420,14 +425,8 @@ def test_init_from_an_airm_checkpoint(big_folder, tmp_path):
 def test_rotated_items_keep_image_and_truth_aligned(tmp_path):
     # The object is bright and the background dark, so wherever an item's truth says object
     # its image must be bright: a rotation applied to one and not the other would show.
-    root = tmp_path / "disc"
-    root.mkdir()
     yy, xx = np.mgrid[:96, :128]
-    truth = (yy - 40) ** 2 + (xx - 70) ** 2 < 30**2
-    image = np.where(truth[..., None], 220, 30).astype(np.uint8).repeat(3, axis=2)
-    Image.fromarray(image).save(root / "d_im.png")
-    Image.fromarray(truth.astype(np.uint8) * 255).save(root / "d_gt.png")
-    pairs = find_pairs(root)
+    pairs = bright_object_pairs(tmp_path / "disc", (yy - 40) ** 2 + (xx - 70) ** 2 < 30**2)
     plain = RefinementDataset(pairs, crop_size=64, seed=1)
     turned = RefinementDataset(pairs, crop_size=64, seed=1, rotate_degrees=30)
     differ = 0
