@@ -262,3 +262,15 @@ def test_train_model_flags_change_the_model_config(tmp_path, capsys):
         assert message in capsys.readouterr().err
     with pytest.raises(ValueError, match="batch_size must be >= 2"):
         airm_main([*argv, "--out", str(tmp_path / "b1"), "--model", "hyper_input_norm=true"])
+
+
+def test_train_lr_scale_flags_are_checked_before_training(tmp_path, capsys):
+    data = _training_folder(tmp_path / "data")
+    argv = ["train", "--data", str(data), *TINY_RUN, "--iterations", "1"]
+    for bad in ("skip_gate", "skip_gate=0", "=2", "skip_gate=fast"):
+        assert airm_main([*argv, "--out", str(tmp_path / "bad"), "--lr-scale", bad]) == 2
+        assert "--lr-scale takes PREFIX=FACTOR" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    ok = ["--out", str(tmp_path / "run"), "--model", "skip_gate=true", "--lr-scale", "skip_gate=5"]
+    assert airm_main([*argv, *ok]) == 0
+    assert airm.load_model(tmp_path / "run" / "final.safetensors").config.skip_gate

@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _lr_scale(text: str) -> tuple[str, float]:
-    """ "PREFIX=FACTOR" -> (prefix, factor), FACTOR a positive number."""
+    """Parse "PREFIX=FACTOR" into (prefix, factor), FACTOR a positive number."""
     prefix, sep, value = text.partition("=")
     try:
         factor = float(value)
