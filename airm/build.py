@@ -62,7 +62,9 @@ def build_model(config: ModelConfig | str, **overrides) -> AIRM:
         implicit_function=implicit_function,
         hypernetwork=hypernetwork,
         affinity_head=affinity if config.affinity else None,
-        skip_gate=SkipGate(config.feature_dim) if config.skip_gate else None,
+        skip_gate=SkipGate(config.feature_dim, pool=config.skip_gate_pool)
+        if config.skip_gate
+        else None,
     )
 
 

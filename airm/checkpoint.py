@@ -94,6 +94,7 @@ def load_weights(model: AIRM, path: str | os.PathLike) -> AIRM:
 
 # Model config fields that only add parts which start as the identity (zero-initialised), so
 # that a checkpoint without them, loaded into a model with them, computes the same function.
+# A field's own settings are named after it (`skip_gate_pool`).
 ADDITIVE_FIELDS = ("skip_gate",)
 
 
@@ -105,7 +106,12 @@ def load_initial_weights(model: AIRM, path: str | os.PathLike) -> AIRM:
     added = [f for f in ADDITIVE_FIELDS if getattr(model.config, f) and not getattr(config, f)]
     if config == model.config or not added:
         return load_weights(model, path)
-    if dataclasses.replace(config, **{f: True for f in added}) != model.config:
+    settings = {
+        field.name: getattr(model.config, field.name)
+        for field in dataclasses.fields(model.config)
+        if any(field.name == f or field.name.startswith(f"{f}_") for f in added)
+    }
+    if dataclasses.replace(config, **settings) != model.config:
         return load_weights(model, path)  # refused, with its message
     own = model.state_dict()
     prefixes = tuple(f"{f}." for f in added)

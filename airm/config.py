@@ -52,6 +52,10 @@ class ModelConfig:
     # iterations from the shipped weights the gate learned one weight for all of val's
     # windows (docs/model-history.md).
     skip_gate: bool = False
+    # What the gate pools: "window" (every cell of the window's features) or "band" (the cells
+    # the coarse mask's boundary crosses, and their neighbours; the whole window where it
+    # crosses none), where a nearly right mask and a wrong one differ.
+    skip_gate_pool: str = "window"
     # Learn affinity (attention-derived for MiT, feature-distance for CNNs) during training.
     affinity: bool = True
     # Width of the embedding whose L1 distances give a CNN encoder's affinity.
@@ -65,6 +69,10 @@ class ModelConfig:
             raise ValueError(f"feature_stride must be 2 or 4, got {self.feature_stride}")
         if self.feature_stride == 2 and self.is_mit:
             raise ValueError("feature_stride=2 needs a CNN encoder (MiT has no stride-2 stage)")
+        if self.skip_gate_pool not in ("window", "band"):
+            raise ValueError(
+                f"skip_gate_pool must be 'window' or 'band', got {self.skip_gate_pool!r}"
+            )
         if self.rank < 1 or not self.hidden_dims:
             raise ValueError("rank must be >= 1 and hidden_dims non-empty")
 

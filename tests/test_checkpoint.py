@@ -69,7 +69,7 @@ def test_init_adds_a_skip_gate_that_starts_as_the_shared_skip(tmp_path):
     plain = tiny_model("airm_efficientnet_lite0")
     path = tmp_path / "plain.safetensors"
     save_model(plain, path)
-    gated = tiny_model("airm_efficientnet_lite0", skip_gate=True).eval()
+    gated = tiny_model("airm_efficientnet_lite0", skip_gate=True, skip_gate_pool="band").eval()
     with pytest.raises(CheckpointError, match="different variant"):
         load_weights(gated, path)  # strict loading still refuses it
     load_initial_weights(gated, path)
@@ -86,3 +86,31 @@ def test_init_adds_a_skip_gate_that_starts_as_the_shared_skip(tmp_path):
     save_model(tiny_model("airm_efficientnet_lite0", modulation=False), sirmf)
     with pytest.raises(CheckpointError, match="different variant"):
         load_initial_weights(gated, sirmf)
+
+
+def test_a_band_pooled_gate_reads_the_cells_the_coarse_boundary_crosses():
+    from airm.modeling.airm import SkipGate
+
+    torch.manual_seed(0)
+    window, band = SkipGate(8, 4, pool="window").eval(), SkipGate(8, 4, pool="band").eval()
+    band.load_state_dict(window.state_dict())
+    for gate in (window, band):
+        gate.g.weight.data.fill_(2.0)  # so that the weight depends on what is pooled
+    features = torch.zeros(1, 8, 16, 16)
+    features[..., :8] = 5 * torch.rand(1, 8, 16, 8)  # something only in the left half
+    full, left, right = (
+        torch.ones(1, 1, 64, 64),
+        torch.zeros(1, 1, 64, 64),
+        torch.zeros(1, 1, 64, 64),
+    )
+    left[..., :16] = 1
+    right[..., :48] = 1
+    with torch.no_grad():
+        # no boundary: the whole window, as the window pool reads it
+        assert torch.allclose(band(features, full), window(features, full))
+        # the window pool ignores the mask; the band pool follows its boundary
+        assert torch.equal(window(features, left), window(features, right))
+        assert not torch.allclose(band(features, left), band(features, right))
+        assert not torch.allclose(band(features, left), window(features, left))
+    with pytest.raises(ValueError, match="skip_gate_pool"):
+        tiny_model("airm_efficientnet_lite0", skip_gate=True, skip_gate_pool="edges")

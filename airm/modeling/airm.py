@@ -30,27 +30,44 @@ from airm.modeling.pixel_features import FoldedPixelFeatureFusion, PixelFeatureF
 
 
 class SkipGate(nn.Module):
-    """Pixel features (B, C, h, w) -> the skip's weight per window (B,), in (0, 2).
+    """Pixel features (B, C, h, w) and the coarse mask (B, 1, H, W) -> the skip's weight per
+    window (B,), in (0, 2).
 
-    One strided Conv+BN+ReLU, global average pooling and a linear layer g that starts at zero,
-    so that every window starts at weight 2 sigmoid(0) = 1: the shared skip, unchanged.
+    One strided Conv+BN+ReLU, an average over the window's cells (pool "window") or over the
+    cells within one cell of the coarse mask's boundary (pool "band"; all cells where it has
+    none), and a linear layer g that starts at zero, so that every window
+    starts at weight 2 sigmoid(0) = 1: the shared skip, unchanged.
     """
 
-    def __init__(self, feature_dim: int, hidden_dim: int = 32) -> None:
+    def __init__(self, feature_dim: int, hidden_dim: int = 32, *, pool: str = "window") -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(feature_dim, hidden_dim, 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(hidden_dim),
             nn.ReLU(inplace=True),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
         )
+        self.pool = pool
         self.g = nn.Linear(hidden_dim, 1)
         nn.init.zeros_(self.g.weight)
         nn.init.zeros_(self.g.bias)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return 2.0 * torch.sigmoid(self.g(self.body(features)).float()[:, 0])
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """features: (B, C, h, w); mask: (B, 1, H, W) in [0, 1], the encoded view's."""
+        cells = self.body(features)  # (B, D, h', w')
+        if self.pool == "band":
+            # `mask` is the encoded (padded) view's, so its cells are the features' cells
+            # cells whose 3 x 3 neighbourhood holds both object and background (a boundary
+            # along cell edges included)
+            fraction = F.adaptive_avg_pool2d(mask.float(), cells.shape[-2:])
+            spread = F.max_pool2d(fraction, 3, 1, 1) + F.max_pool2d(-fraction, 3, 1, 1)
+            band = (spread > 0.02).float()
+            empty = band.sum((2, 3), keepdim=True) == 0
+            weights = torch.where(empty, torch.ones_like(band), band)
+            weights = weights / weights.sum((2, 3), keepdim=True)
+            pooled = (cells.float() * weights).sum((2, 3))
+        else:
+            pooled = cells.float().mean((2, 3))
+        return 2.0 * torch.sigmoid(self.g(pooled.to(cells.dtype)).float()[:, 0])
 
 
 # Inputs are padded to a multiple of this so that every stage tiles the view exactly.
@@ -135,7 +152,11 @@ class AIRM(nn.Module):
             view_scale=(height / (height + pad_h), width / (width + pad_w)),
             affinity=affinity,
             affinity_size=out.affinity_size,
-            skip_weight=self.skip_gate(features) if self.skip_gate is not None else None,
+            skip_weight=(
+                self.skip_gate(features, (x[:, 3:4] + 1.0) / 2.0)
+                if self.skip_gate is not None
+                else None
+            ),
         )
 
     def query(
