@@ -49,8 +49,8 @@ class ModelConfig:
     # weight is the shared one): the network may then trust a nearly right coarse mask more
     # than a wrong one. An experiment: on val the shipped model spoils nearly right `lowres`
     # masks, and training it to trust its input more cost as much on the wrong ones; in 3,000
-    # iterations from the shipped weights the gate learned one weight for all of val's
-    # windows (docs/model-history.md).
+    # iterations from the shipped weights the gate learned nearly one weight for all of val's
+    # windows, and val tied (docs/model-history.md).
     skip_gate: bool = False
     # What the gate pools: "window" (every cell of the window's features) or "band" (the cells
     # the coarse mask's boundary crosses, and their neighbours; the whole window where it
