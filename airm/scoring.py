@@ -101,6 +101,11 @@ def read_coarse(pair: Pair) -> np.ndarray:
 Predict = Callable[[Pair], np.ndarray]
 
 
+def coarse_group(source: str, coarse_kind: str) -> str:
+    """The name of the group of a source's images whose coarse masks are of one kind."""
+    return f"{source} / {coarse_kind}"
+
+
 def score_pairs(pairs: list[Pair], predict: Predict) -> dict:
     """Score `predict` over BIG-layout pairs against their `_gt` truths.
 
@@ -118,8 +123,8 @@ def score_pairs(pairs: list[Pair], predict: Predict) -> dict:
         score = overall.add(pair.name, pred, gt, pair.source, pair.coarse_kind)
         sources.setdefault(pair.source, ScoreAccumulator()).add_score(score)
         if pair.coarse_kind:
-            kind = f"{pair.source} / {pair.coarse_kind}"
-            kinds.setdefault(kind, ScoreAccumulator()).add_score(score)
+            group = coarse_group(pair.source, pair.coarse_kind)
+            kinds.setdefault(group, ScoreAccumulator()).add_score(score)
     return {
         **overall.summary(),
         "skipped_mba": overall.skipped_mba,

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from airm.scoring import coarse_group
+
 
 @dataclass(frozen=True)
 class Difference:
@@ -66,7 +68,7 @@ def group_names(scores: dict[str, dict], by: str) -> dict[str, list[str]]:
     for name, s in sorted(scores.items()):
         key = s.get("source", "")
         if by == "coarse" and s.get("coarse_kind"):
-            key = f"{key} / {s['coarse_kind']}"
+            key = coarse_group(key, s["coarse_kind"])
         groups.setdefault(key, []).append(name)
     return dict(sorted(groups.items()))
 

@@ -142,7 +142,7 @@ def markdown_table(rows: list[dict], coarse: dict) -> str:
         ]
         for group in groups:
             for r in rows:
-                s = r[key].get(group)
+                s = r.get(key, {}).get(group)
                 if s:
                     lines.append(
                         f"| {group} | {r['method']} | {s['n']} | {s['iou']:.2f} "

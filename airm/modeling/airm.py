@@ -35,8 +35,8 @@ class SkipGate(nn.Module):
 
     One strided Conv+BN+ReLU, an average over the window's cells (pool "window") or over the
     cells within one cell of the coarse mask's boundary (pool "band"; all cells where it has
-    none), and a linear layer g that starts at zero, so that every window
-    starts at weight 2 sigmoid(0) = 1: the shared skip, unchanged.
+    none), and a linear layer g that starts at zero, so that every window starts at weight
+    2 sigmoid(0) = 1: the shared skip, unchanged.
     """
 
     def __init__(self, feature_dim: int, hidden_dim: int = 32, *, pool: str = "window") -> None:
@@ -55,9 +55,9 @@ class SkipGate(nn.Module):
         """features: (B, C, h, w); mask: (B, 1, H, W) in [0, 1], the encoded view's."""
         cells = self.body(features)  # (B, D, h', w')
         if self.pool == "band":
-            # `mask` is the encoded (padded) view's, so its cells are the features' cells
-            # cells whose 3 x 3 neighbourhood holds both object and background (a boundary
-            # along cell edges included)
+            # The band: cells whose 3 x 3 neighbourhood holds both object and background (a
+            # boundary along cell edges included). `mask` is the encoded (padded) view's, so
+            # its cells are the features' cells.
             fraction = F.adaptive_avg_pool2d(mask.float(), cells.shape[-2:])
             spread = F.max_pool2d(fraction, 3, 1, 1) + F.max_pool2d(-fraction, 3, 1, 1)
             band = (spread > 0.02).float()
