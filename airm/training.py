@@ -104,6 +104,10 @@ class TrainConfig:
     # first matching prefix wins), e.g. a part that starts from scratch in a model otherwise
     # fine-tuned from --init.
     lr_scales: tuple[tuple[str, float], ...] = ()
+    # Prefixes of the parameters that learn; when set, every other parameter is frozen (no
+    # gradient, not in the optimiser, its batch norms' running statistics kept), e.g. a part
+    # added to a trained model, taught what it is for while the rest cannot compensate.
+    train_only: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -311,15 +315,36 @@ def training_step(
     return losses
 
 
+def freeze_all_but(model: nn.Module, prefixes: tuple[str, ...]) -> None:
+    """Freeze every parameter whose name starts with none of `prefixes`, and put the batch
+    norms left without a learning parameter in eval mode, so that their running statistics
+    stay those the frozen layers were fitted with (call after `model.train()`). A prefix that
+    names no parameter is an error; no prefixes: nothing frozen."""
+    if not prefixes:
+        return
+    named = list(model.named_parameters())
+    for prefix in prefixes:
+        if not any(n.startswith(prefix) for n, _ in named):
+            raise ValueError(f"train_only {prefix!r} names no parameter of this model")
+    for name, param in named:
+        param.requires_grad_(name.startswith(prefixes))
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in module.parameters()
+        ):
+            module.eval()
+
+
 def parameter_groups(model: nn.Module, lr_scales: tuple[tuple[str, float], ...]) -> list[dict]:
     """The optimiser's parameter groups: one per prefix of `lr_scales` (its parameters and
-    its "lr_scale"), then the rest at scale 1. A prefix that names no parameter is an error."""
-    named = list(model.named_parameters())
+    its "lr_scale"), then the rest at scale 1; frozen parameters in none. A prefix that names
+    no parameter that learns is an error."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups, taken = [], set()
     for prefix, factor in lr_scales:
         params = [p for n, p in named if n.startswith(prefix) and n not in taken]
         if not params:
-            raise ValueError(f"lr scale {prefix!r} names no parameter of this model")
+            raise ValueError(f"lr scale {prefix!r} names no parameter of this model that learns")
         taken |= {n for n, _ in named if n.startswith(prefix)}
         groups.append({"params": params, "lr_scale": float(factor)})
     rest = [p for n, p in named if n not in taken]
@@ -332,14 +357,14 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 
 def validate(model: torch.nn.Module, pairs: list[Pair], device: torch.device) -> dict:
     """Coarse vs refined pooled IoU / mean IoU / mBA, overall and per source."""
+    # The refiner works on a copy in eval mode: `model`'s own modes (frozen batch norms
+    # included, see `freeze_all_but`) are untouched.
     refiner = Refiner(model, device=device, options=InferenceOptions(), max_pixels=None)
-    was_training = model.training
 
     def refine(pair: Pair) -> np.ndarray:
         return refiner.refine(read_image(pair.image, max_pixels=None), read_coarse(pair)) > 127
 
     scores = {"coarse": score_pairs(pairs, read_coarse), "refined": score_pairs(pairs, refine)}
-    model.train(was_training)
     return {name: {k: v for k, v in s.items() if k != "images"} for name, s in scores.items()}
 
 
@@ -419,6 +444,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
         float32_depthwise(model)
     # Channels-last convolutions are the fast ones on GPUs (and for oneDNN on CPUs).
     model.to(device=device, memory_format=torch.channels_last).train()
+    freeze_all_but(model, config.train_only)
     optimizer = torch.optim.Adam(parameter_groups(model, config.lr_scales), lr=config.lr)
     start, best = 0, -math.inf
     if resuming:

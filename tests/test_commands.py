@@ -3,6 +3,7 @@ refine.py and train.py run end to end."""
 
 import argparse
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -272,5 +273,7 @@ def test_train_lr_scale_flags_are_checked_before_training(tmp_path, capsys):
         assert "--lr-scale takes PREFIX=FACTOR" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     ok = ["--out", str(tmp_path / "run"), "--model", "skip_gate=true", "--lr-scale", "skip_gate=5"]
-    assert airm_main([*argv, *ok]) == 0
+    assert airm_main([*argv, *ok, "--train-only", "skip_gate"]) == 0
     assert airm.load_model(tmp_path / "run" / "final.safetensors").config.skip_gate
+    config = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    assert config["train"]["train_only"] == ["skip_gate"]

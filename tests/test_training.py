@@ -422,6 +422,24 @@ def test_init_from_an_airm_checkpoint(big_folder, tmp_path):
     assert '"event": "config"' in (tmp_path / "c" / "log.jsonl").read_text()
 
 
+def test_train_only_changes_nothing_else_and_resumes_exactly(big_folder, tmp_path):
+    gated = (*TINY.items(), ("skip_gate", True))
+    start = train(tiny_config(big_folder, tmp_path / "a", iterations=0, model_overrides=gated))
+    only = dict(model_overrides=gated, init=str(start), train_only=("skip_gate",), lr=1e-2)
+    tuned = train(tiny_config(big_folder, tmp_path / "b", **only))
+    a, b = load_model(start).state_dict(), load_model(tuned).state_dict()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    # the gate learned (its own batch norm's statistics too); nothing else moved, the frozen
+    # batch norms' running statistics included
+    assert {"skip_gate.g.weight", "skip_gate.body.1.running_mean"} <= changed
+    assert all(k.startswith("skip_gate.") for k in changed)
+    train(tiny_config(big_folder, tmp_path / "c", **only), stop_at=2)
+    resumed = load_model(train(tiny_config(big_folder, tmp_path / "c", **only), resume=True))
+    assert all(torch.equal(b[k], v) for k, v in resumed.state_dict().items())
+    with pytest.raises(ValueError, match="names no parameter"):
+        train(tiny_config(big_folder, tmp_path / "d", **{**only, "train_only": ("nothing",)}))
+
+
 def test_rotated_items_keep_image_and_truth_aligned(tmp_path):
     # The object is bright and the background dark, so wherever an item's truth says object
     # its image must be bright: a rotation applied to one and not the other would show.

@@ -102,6 +102,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="parameters whose names start with PREFIX learn at lr x FACTOR (repeatable; "
         "e.g. skip_gate=30 for a part that --init's checkpoint lacks)",
     )
+    p.add_argument(
+        "--train-only",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="only parameters whose names start with PREFIX learn; the rest are frozen, "
+        "batch norm statistics included (repeatable; e.g. skip_gate with --init)",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed of data order and augmentation")
     p.add_argument("--log-interval", type=int, default=None, help="steps between log lines")
     p.add_argument("--val-interval", type=int, default=None, help="steps between validations")
@@ -169,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         model_overrides=overrides,
         lr_scales=lr_scales,
+        train_only=tuple(args.train_only),
         **{k: v for k, v in fields.items() if v is not None},
     )
     final = train(config, resume=args.resume)
