@@ -95,13 +95,16 @@ def _manifest(root: Path) -> dict[str, dict]:
         return {}
 
 
-def make_coarse(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A coarse mask for HxW bool `gt`: CascadePSP's perturbation or a low-res segmenter."""
+def make_coarse(
+    gt: np.ndarray, rng: np.random.Generator, *, lowres_sides: tuple[int, int] = (48, 128)
+) -> np.ndarray:
+    """A coarse mask for HxW bool `gt`: CascadePSP's perturbation or a low-res segmenter
+    working at a long side drawn from `lowres_sides`."""
     if not gt.any() or gt.all():
         return gt.copy()
     if rng.random() < 0.5:
         return perturb_mask(gt, rng, iou_target=rng.uniform(0.8, 1.0))
-    return lowres_mask(gt, rng)
+    return lowres_mask(gt, rng, sides=lowres_sides)
 
 
 def _boundary_point(edges: np.ndarray, rng: np.random.Generator) -> tuple[int, int] | None:
@@ -202,6 +205,10 @@ class RefinementDataset(Dataset):
     spread: better on its nearly right coarse masks, worse on its wrong ones
     (docs/model-history.md).
 
+    Low-resolution segmenters: half the coarse masks imitate one that works at a long side
+    drawn from `lowres_sides` (48-128 px, as shared/data/val's; a higher top adds better
+    segmenters, whose nearly right masks the model should leave nearly alone).
+
     Rotation: with `rotate_degrees`, every item is turned by an angle drawn from [-d, d] about
     its centre after rescaling, image and masks alike (borders reflected), as CascadePSP's and
     CRM's training augment with a random affine; SPEC section 3 asks only for flips.
@@ -230,6 +237,7 @@ class RefinementDataset(Dataset):
         whole_fraction: float = 0.0,
         cascade_fraction: float = 0.0,
         rotate_degrees: float = 0.0,
+        lowres_sides: tuple[int, int] = (48, 128),
         seed: int = 0,
         cache: bool = False,
         cache_threads: int = 1,
@@ -245,6 +253,10 @@ class RefinementDataset(Dataset):
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if not 0.0 <= rotate_degrees <= 180.0:
             raise ValueError(f"rotate_degrees must be in [0, 180], got {rotate_degrees}")
+        if not 8 <= lowres_sides[0] <= lowres_sides[1]:
+            raise ValueError(
+                f"lowres_sides must be (low, high) with 8 <= low <= high, got {lowres_sides}"
+            )
         self.pairs = pairs
         self.crop_size = crop_size
         self.far_fraction = far_fraction
@@ -252,6 +264,7 @@ class RefinementDataset(Dataset):
         self.whole_fraction = whole_fraction
         self.cascade_fraction = cascade_fraction
         self.rotate_degrees = rotate_degrees
+        self.lowres_sides = (int(lowres_sides[0]), int(lowres_sides[1]))
         self.seed = seed
         self.epoch = 0
         self.cached: list[tuple[np.ndarray, np.ndarray]] | None = None
@@ -276,7 +289,7 @@ class RefinementDataset(Dataset):
         if self.paste_fraction and len(self.pairs) > 1 and rng.random() < self.paste_fraction:
             other = (index + 1 + int(rng.integers(len(self.pairs) - 1))) % len(self.pairs)
             image, gt = paste_object(image, *self._read(other), rng)
-        coarse = make_coarse(gt, rng)
+        coarse = make_coarse(gt, rng, lowres_sides=self.lowres_sides)
         image, gt, coarse = self._rescale(image, gt, coarse, rng)
         # No draw without rotation, so that the other items stay what they were.
         if self.rotate_degrees:

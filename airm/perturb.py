@@ -56,10 +56,13 @@ def perturb_mask(
     return out.astype(bool) if h and w else gt.copy()
 
 
-def lowres_mask(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Imitate a low-resolution segmenter's output for the HxW bool mask `gt`."""
+def lowres_mask(
+    gt: np.ndarray, rng: np.random.Generator, *, sides: tuple[int, int] = (48, 128)
+) -> np.ndarray:
+    """Imitate a low-resolution segmenter's output for the HxW bool mask `gt`: its long side
+    drawn from `sides` (inclusive; shared/data/val's were made at 48-128)."""
     h, w = gt.shape
-    long_side = int(rng.integers(48, 129))
+    long_side = int(rng.integers(sides[0], sides[1] + 1))
     scale = long_side / max(h, w)
     small_size = (max(1, round(w * scale)), max(1, round(h * scale)))
     small = cv2.resize(gt.astype(np.float32), small_size, interpolation=cv2.INTER_AREA)

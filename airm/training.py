@@ -84,6 +84,9 @@ class TrainConfig:
     # Items turned by a random angle in [-d, d] degrees (0: none; CascadePSP and CRM train with
     # a random affine, SPEC section 3 only with flips).
     rotate_degrees: float = 0.0
+    # The long sides (px, inclusive) that the imitated low-resolution segmenters work at; the
+    # default is shared/data/val's range.
+    lowres_sides: tuple[int, int] = (48, 128)
     # DataLoader workers per process; None: this process's share of the machine's cores.
     workers: int | None = None
     # Decode the training pairs once and keep them in memory, shared by the workers (see
@@ -193,6 +196,7 @@ def training_items(config: TrainConfig, *, threads: int = 1) -> RefinementDatase
         whole_fraction=config.whole_fraction,
         cascade_fraction=config.cascade_fraction,
         rotate_degrees=config.rotate_degrees,
+        lowres_sides=config.lowres_sides,
         seed=config.seed,
         cache=config.cache_images,
         cache_threads=threads,

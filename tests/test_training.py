@@ -10,11 +10,11 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-from airm import load_model
-from airm.data import RefinementDataset, find_pairs
+from airm import load_model, metrics
+from airm.data import RefinementDataset, find_pairs, make_coarse
 from airm.losses import LossWeights, affinity_labels, affinity_loss, refinement_losses
 from airm.morphology import nonzero_points
-from airm.perturb import cascade_mask, perturb_mask
+from airm.perturb import cascade_mask, lowres_mask, perturb_mask
 from airm.training import (
     StepSampler,
     TrainConfig,
@@ -22,6 +22,7 @@ from airm.training import (
     parameter_groups,
     train,
     training_autocast,
+    training_items,
 )
 
 from conftest import TINY, disc_pair, tiny_model
@@ -438,6 +439,36 @@ def test_train_only_changes_nothing_else_and_resumes_exactly(big_folder, tmp_pat
     assert all(torch.equal(b[k], v) for k, v in resumed.state_dict().items())
     with pytest.raises(ValueError, match="names no parameter"):
         train(tiny_config(big_folder, tmp_path / "d", **{**only, "train_only": ("nothing",)}))
+
+
+def test_lowres_sides_set_how_good_the_imitated_segmenter_is(tmp_path):
+    yy, xx = np.mgrid[:600, :600]
+    angle = np.arctan2(yy - 300, xx - 300)
+    star = np.hypot(yy - 300, xx - 300) < 150 + 90 * np.cos(7 * angle)  # thin arms
+    rng = np.random.default_rng(0)
+    scores = {
+        sides: np.mean([metrics.iou(lowres_mask(star, rng, sides=sides), star) for _ in range(8)])
+        for sides in ((48, 48), (400, 400))
+    }
+    assert scores[(400, 400)] > scores[(48, 48)] + 0.05
+    # the default range is val's, and draws as before
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    assert np.array_equal(make_coarse(star, a), make_coarse(star, b, lowres_sides=(48, 128)))
+    pairs = bright_object_pairs(tmp_path / "disc", star[::4, ::4])
+    config = tiny_config(tmp_path / "disc", tmp_path / "run", lowres_sides=(64, 256))
+    assert training_items(config).lowres_sides == (64, 256)
+    agreement = {}
+    for sides in ((8, 8), (150, 150)):  # the pair is 150 px: the second is its truth
+        items = RefinementDataset(pairs, crop_size=64, seed=2, lowres_sides=sides)
+        agreement[sides] = []
+        for epoch in range(16):
+            items.set_epoch(epoch)
+            _, coarse, gt = items[0]
+            agreement[sides].append(metrics.iou(coarse[0].numpy() > 0.5, gt[0].numpy() > 0.5))
+    assert np.mean(agreement[(150, 150)]) > np.mean(agreement[(8, 8)]) + 0.05
+    for bad in ((4, 100), (100, 50)):
+        with pytest.raises(ValueError, match="lowres_sides"):
+            RefinementDataset(pairs, lowres_sides=bad)
 
 
 def test_rotated_items_keep_image_and_truth_aligned(tmp_path):

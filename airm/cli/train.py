@@ -71,6 +71,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="turn each item by a random angle in [-D, D] degrees (default 0: none)",
     )
     p.add_argument(
+        "--lowres-sides",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="long sides (px) the imitated low-resolution segmenters work at (default 48 128, "
+        "as shared/data/val's coarse masks)",
+    )
+    p.add_argument(
         "--workers", type=int, default=None, help="DataLoader workers per process (default: cores)"
     )
     p.add_argument(
@@ -152,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         "whole_fraction": args.whole_fraction,
         "cascade_fraction": args.cascade_fraction,
         "rotate_degrees": args.rotate_degrees,
+        "lowres_sides": tuple(args.lowres_sides) if args.lowres_sides else None,
         "query_anywhere": args.query_anywhere,
         "workers": args.workers,
         "cache_images": args.cache_images,
