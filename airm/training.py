@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -332,10 +333,12 @@ def freeze_all_but(model: nn.Module, prefixes: tuple[str, ...]) -> None:
             raise ValueError(f"train_only {prefix!r} names no parameter of this model")
     for name, param in named:
         param.requires_grad_(name.startswith(prefixes))
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
-            p.requires_grad for p in module.parameters()
-        ):
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    for name, module in model.named_modules():
+        # By its tensors' names, statistics included: a norm without affine parameters (the
+        # hypernetwork's) learns its statistics when its prefix is named.
+        tensors = chain(module.named_parameters(prefix=name), module.named_buffers(prefix=name))
+        if isinstance(module, norms) and not any(n.startswith(prefixes) for n, _ in tensors):
             module.eval()
 
 

@@ -439,6 +439,15 @@ def test_train_only_changes_nothing_else_and_resumes_exactly(big_folder, tmp_pat
     assert all(torch.equal(b[k], v) for k, v in resumed.state_dict().items())
     with pytest.raises(ValueError, match="names no parameter"):
         train(tiny_config(big_folder, tmp_path / "d", **{**only, "train_only": ("nothing",)}))
+    # a norm without parameters of its own still learns its statistics when its part is named
+    normed = (*TINY.items(), ("hyper_input_norm", True))
+    start = train(tiny_config(big_folder, tmp_path / "e", iterations=0, model_overrides=normed))
+    hyper = dict(model_overrides=normed, init=str(start), train_only=("hypernetwork",))
+    tuned = train(tiny_config(big_folder, tmp_path / "f", **hyper))
+    a, b = load_model(start).state_dict(), load_model(tuned).state_dict()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert "hypernetwork.norm.running_mean" in changed
+    assert changed and all(k.startswith("hypernetwork.") for k in changed)
 
 
 def test_lowres_sides_set_how_good_the_imitated_segmenter_is(tmp_path):
