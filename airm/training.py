@@ -322,8 +322,8 @@ def training_step(
 
 def freeze_all_but(model: nn.Module, prefixes: tuple[str, ...]) -> None:
     """Freeze every parameter whose name starts with none of `prefixes`, and put the batch
-    norms left without a learning parameter in eval mode, so that their running statistics
-    stay those the frozen layers were fitted with (call after `model.train()`). A prefix that
+    norms of the frozen parts in eval mode, so that their running statistics stay those the
+    layers around them were fitted with (call after `model.train()`). A prefix that
     names no parameter is an error; no prefixes: nothing frozen."""
     if not prefixes:
         return
