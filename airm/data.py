@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from airm.io import read_image, read_mask
 from airm.morphology import boundaries, nonzero_points
-from airm.perturb import cascade_mask, lowres_mask, perturb_mask
+from airm.perturb import LOWRES_SIDES, cascade_mask, lowres_mask, perturb_mask
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -96,7 +96,7 @@ def _manifest(root: Path) -> dict[str, dict]:
 
 
 def make_coarse(
-    gt: np.ndarray, rng: np.random.Generator, *, lowres_sides: tuple[int, int] = (48, 128)
+    gt: np.ndarray, rng: np.random.Generator, *, lowres_sides: tuple[int, int] = LOWRES_SIDES
 ) -> np.ndarray:
     """A coarse mask for HxW bool `gt`: CascadePSP's perturbation or a low-res segmenter
     working at a long side drawn from `lowres_sides`."""
@@ -237,7 +237,7 @@ class RefinementDataset(Dataset):
         whole_fraction: float = 0.0,
         cascade_fraction: float = 0.0,
         rotate_degrees: float = 0.0,
-        lowres_sides: tuple[int, int] = (48, 128),
+        lowres_sides: tuple[int, int] = LOWRES_SIDES,
         seed: int = 0,
         cache: bool = False,
         cache_threads: int = 1,

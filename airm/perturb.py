@@ -56,11 +56,15 @@ def perturb_mask(
     return out.astype(bool) if h and w else gt.copy()
 
 
+# The long sides (px, inclusive) at which shared/data/val's low-resolution masks were made.
+LOWRES_SIDES = (48, 128)
+
+
 def lowres_mask(
-    gt: np.ndarray, rng: np.random.Generator, *, sides: tuple[int, int] = (48, 128)
+    gt: np.ndarray, rng: np.random.Generator, *, sides: tuple[int, int] = LOWRES_SIDES
 ) -> np.ndarray:
     """Imitate a low-resolution segmenter's output for the HxW bool mask `gt`: its long side
-    drawn from `sides` (inclusive; shared/data/val's were made at 48-128)."""
+    drawn from `sides` (inclusive)."""
     h, w = gt.shape
     long_side = int(rng.integers(sides[0], sides[1] + 1))
     scale = long_side / max(h, w)

@@ -37,6 +37,7 @@ from airm.data import Pair, RefinementDataset, find_pairs, spread_pairs
 from airm.inference import InferenceOptions, autocast_dtype
 from airm.io import atomic_write, read_image
 from airm.losses import Losses, LossWeights, refinement_losses
+from airm.perturb import LOWRES_SIDES
 from airm.pretrained import load_encoder_rgb_weights
 from airm.refiner import Refiner
 from airm.scoring import read_coarse, score_pairs
@@ -87,7 +88,7 @@ class TrainConfig:
     rotate_degrees: float = 0.0
     # The long sides (px, inclusive) that the imitated low-resolution segmenters work at; the
     # default is shared/data/val's range.
-    lowres_sides: tuple[int, int] = (48, 128)
+    lowres_sides: tuple[int, int] = LOWRES_SIDES
     # DataLoader workers per process; None: this process's share of the machine's cores.
     workers: int | None = None
     # Decode the training pairs once and keep them in memory, shared by the workers (see

@@ -12,6 +12,7 @@ import sys
 
 from airm.build import VARIANTS
 from airm.config import ModelConfig, field_overrides
+from airm.perturb import LOWRES_SIDES
 from airm.training import TrainConfig, train
 
 
@@ -76,8 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs=2,
         default=None,
         metavar=("LOW", "HIGH"),
-        help="long sides (px) the imitated low-resolution segmenters work at (default 48 128, "
-        "as shared/data/val's coarse masks)",
+        help="long sides (px) the imitated low-resolution segmenters work at (default "
+        f"{LOWRES_SIDES[0]} {LOWRES_SIDES[1]}, as shared/data/val's coarse masks)",
     )
     p.add_argument(
         "--workers", type=int, default=None, help="DataLoader workers per process (default: cores)"
@@ -174,10 +175,6 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         overrides = field_overrides(args.model, ModelConfig, "--model")
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
         lr_scales = tuple(_lr_scale(text) for text in args.lr_scale)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
