@@ -28,10 +28,13 @@ from airm.scoring import score_pairs
 
 def last_scale_only(refiner: Refiner) -> Refiner:
     """`refiner` with one scale, the full resolution, queried in the later scales' band around
-    the mask it is given (no band of a separate coarse mask)."""
+    the mask it is given and trusting it as they do (no band of a separate coarse mask, no
+    first scale's trust)."""
     options = refiner.options
     return refiner.with_options(
-        replace(options, scales=(1.0,), first_band=options.band, coarse_band=False),
+        replace(
+            options, scales=(1.0,), first_band=options.band, first_trust=1.0, coarse_band=False
+        ),
         max_pixels=None,
     )
 

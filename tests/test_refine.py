@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -77,11 +79,37 @@ def test_single_full_scale_equals_the_network():
     model = tiny_model("airm_mit_b0")
     image, mask = torch.rand(1, 3, 64, 96), torch.rand(1, 1, 64, 96)
     options = InferenceOptions(
-        scales=(1.0,), band=None, first_band=None, min_size=1, precision="float32"
+        scales=(1.0,), band=None, first_band=None, first_trust=1.0, min_size=1, precision="float32"
     )
     with torch.no_grad():
         direct = torch.sigmoid(model(image, mask).logits)
     assert torch.allclose(refine_probability(model, image, mask, options), direct, atol=1e-6)
+
+
+def test_the_first_scale_trusts_the_coarse_mask_more(monkeypatch):
+    """first_trust multiplies the coarse mask's skip at the first scale, and only there."""
+    model = tiny_model("airm_efficientnet_lite0")
+    image, mask = torch.rand(1, 3, 64, 96), torch.rand(1, 1, 64, 96)
+    one_scale = InferenceOptions(
+        scales=(1.0,), band=None, first_band=None, first_trust=2.5, min_size=1, precision="float32"
+    )
+    with torch.no_grad():
+        logits = model(image, mask).logits + 1.5 * model.mask_skip * (2 * mask - 1)
+    assert torch.allclose(
+        refine_probability(model, image, mask, one_scale), torch.sigmoid(logits), atol=1e-5
+    )
+
+    weights = []
+    query = model.query
+    monkeypatch.setattr(
+        model,
+        "query",
+        lambda encoded, *a, **k: weights.append(encoded.skip_weight) or query(encoded, *a, **k),
+    )
+    refine_probability(model, image, mask, replace(one_scale, scales=(0.5, 1.0), min_step=1.0))
+    assert len(weights) == 2 and torch.equal(weights[0], torch.tensor([2.5])) and weights[1] is None
+    with pytest.raises(ValueError, match="first_trust"):
+        InferenceOptions(first_trust=0)
 
 
 def test_band_limited_step_agrees_with_the_full_step():

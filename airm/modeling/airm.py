@@ -13,7 +13,7 @@ network trained from few steps first spends them learning to copy (SPEC section 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +91,13 @@ class Encoded:
     affinity: torch.Tensor | None
     affinity_size: tuple[int, int]
     skip_weight: torch.Tensor | None = None
+
+    def trusting(self, factor: float) -> Encoded:
+        """The same windows, the coarse mask's skip weighed `factor` times as much."""
+        weight = self.skip_weight
+        if weight is None:
+            weight = torch.ones(self.mask.shape[0], device=self.mask.device)
+        return replace(self, skip_weight=weight * factor)
 
 
 @dataclass
