@@ -39,7 +39,9 @@ def test_single_pair(tmp_path, tiny_checkpoint):
     assert mask.shape == (48, 64) and set(np.unique(mask)) <= {0, 255}
 
 
-def test_precision_and_min_step_flags_reach_the_refiner(tmp_path, tiny_checkpoint, monkeypatch):
+def test_precision_min_step_and_trust_flags_reach_the_refiner(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
     from airm.cli import refine as cli
 
     seen = []
@@ -48,10 +50,12 @@ def test_precision_and_min_step_flags_reach_the_refiner(tmp_path, tiny_checkpoin
     write_pair(tmp_path, "a")
     pair = cli_args(tmp_path / "a.jpg", tmp_path / "a.png", tmp_path / "o.png")
     flags = ["--checkpoint", str(tiny_checkpoint), *FAST]
-    assert main([*pair, *flags, "--precision", "float32", "--min-step", "1"]) == 0
+    extra = ["--precision", "float32", "--min-step", "1", "--first-trust", "2"]
+    assert main([*pair, *flags, *extra]) == 0
     assert main([*pair, *flags]) == 0
     assert [s.refiner.options.precision for s in seen] == ["float32", "auto"]
     assert [s.refiner.options.min_step for s in seen] == [1.0, 1.5]
+    assert [s.refiner.options.first_trust for s in seen] == [2.0, 1.5]
     with pytest.raises(SystemExit):
         main([*pair, *flags, "--precision", "float8"])
 
@@ -299,6 +303,7 @@ def test_bad_checkpoints_are_one_line(tmp_path, tiny_checkpoint, capsys, kind):
         ("files", ["--ignore-label", "0"], "needs --labels"),
         ("files", ["--overlay", "pic.xyz"], "picture file"),
         ("files", ["--min-step", "0.5"], "min_step must be >= 1"),
+        ("files", ["--first-trust", "0"], "first_trust must be > 0"),
         ("dir_file", [], "must be one too"),
         ("file_dir", [], "--image is a file"),
         ("out_file", [], "--out must be one too"),

@@ -93,6 +93,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="skip a scale less than this many times the last refined one (default 1.5; 1 "
         "refines every scale)",
     )
+    p.add_argument(
+        "--first-trust",
+        type=float,
+        default=None,
+        help="weigh the coarse mask this many times the model's own weight at the first scale "
+        "(default 1.5; more keeps more of a mask that is nearly right)",
+    )
     add_precision_argument(p)
     p.add_argument(
         "--max-pixels",
@@ -337,6 +344,8 @@ def _make_settings(args: argparse.Namespace) -> Settings:
     fields = {"scales": tuple(float(s) for s in args.scales.split(","))} if args.scales else {}
     if args.min_step is not None:
         fields["min_step"] = args.min_step
+    if args.first_trust is not None:
+        fields["first_trust"] = args.first_trust
     base = get_refiner(args.checkpoint, args.device)
     refiner = base.with_options(
         InferenceOptions(**fields, precision=args.precision),
