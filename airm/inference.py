@@ -118,6 +118,10 @@ class InferenceOptions:
                 raise ValueError(f"{name} must be >= 1 pixel or None, got {value}")
         if not self.first_trust > 0:
             raise ValueError(f"first_trust must be > 0, got {self.first_trust}")
+        if len(self.uncertain) != 2 or not 0 <= self.uncertain[0] <= self.uncertain[1] <= 1:
+            raise ValueError(
+                f"uncertain must be (low, high) with 0 <= low <= high <= 1, got {self.uncertain}"
+            )
         if self.tile_size is not None and self.tile_size < 32:
             raise ValueError(f"tile_size must be >= 32 pixels or None, got {self.tile_size}")
         if self.tile_batch is not None and self.tile_batch < 1:

@@ -197,6 +197,14 @@ def test_scale_sizes_skip_a_scale_too_close_to_the_last():
         InferenceOptions(min_step=0.5)
 
 
+@pytest.mark.parametrize("uncertain", [(0.98, 0.02), (-0.1, 0.5), (0.5, 1.5), (0.5,)])
+def test_uncertain_range_is_checked(uncertain):
+    """A reversed range would silently query no uncertain pixel at all."""
+    with pytest.raises(ValueError, match="uncertain"):
+        InferenceOptions(uncertain=uncertain)
+    InferenceOptions(uncertain=(0.0, 1.0))
+
+
 def test_missing_default_model_names_the_checkpoint_option(monkeypatch, tmp_path):
     monkeypatch.setattr(airm.api, "DEFAULT_CHECKPOINT", tmp_path / "absent.safetensors")
     image, coarse = disc_pair(32, 32)
