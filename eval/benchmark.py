@@ -3,23 +3,25 @@
 On each device (--devices; the CPU, and the GPU when there is one), one scene (the example
 image and its coarse mask) is resized to each size and refined by `airm.refine` in a fresh
 process, which reports the median seconds of --repeats refinements (after a warm-up at 720 x
-480, so start-up and model loading are excluded) and the process's peak memory (max RSS,
-start-up included; on a GPU also the peak GPU allocation). With --compare, each size is also
-refined without the shortcuts (every pixel queried, every scale encoded whole) and the
-agreement is printed. Then one process refines the sizes in turn, --rounds times over, for the
-ratios of time between sizes: taken round by round, they do not drift with the machine's speed
-the way the fresh processes' times can (this shared machine varies by 20% from minute to
-minute). `airm refine` then refines a folder of --folder pairs at --folder-size
-(images per second, files read and written included). CascadePSP's pip package
-(`segmentation-refinement`, full mode, L=900) refines the same scene at --cascadepsp-size on
-the same device in the same run, with its own weights when they are on disk and random weights
-otherwise (its package downloads them at run time; random weights time the same network, and
-the output says which were used).
+480, so start-up and model loading are excluded) and the process's peak memory (max RSS, start-
+up included; on a GPU also the peak GPU allocation). With --compare, each size is also refined
+without the shortcuts (every pixel queried, every scale encoded whole) and the agreement is
+printed; with --every-pixel, airm queries every pixel throughout (tiles kept:
+`InferenceOptions.every_pixel()`), and the JSON records each measurement's options. Then one
+process refines the sizes in turn, --rounds times over, for the ratios of time between sizes:
+taken round by round, they do not drift with the machine's speed the way the fresh processes'
+times can (this shared machine varies by 20% from minute to minute). `airm refine` then refines
+a folder of --folder pairs at --folder-size (images per second, files read and written
+included). CascadePSP's pip package (`segmentation-refinement`, full mode, L=900) refines the
+same scene at --cascadepsp-size on the same device in the same run, with its own weights when
+they are on disk and random weights otherwise (its package downloads them at run time; random
+weights time the same network, and the output says which were used).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -92,21 +94,22 @@ def measure_airm(args: dict) -> dict:
     """Refine the scene at args["size"] with airm (runs in its own process)."""
     import numpy as np
 
-    refiner = _airm_refiner(args, "airm_exhaustive" if args["exhaustive"] else "airm")
+    refiner = _airm_refiner(args, "airm_exhaustive" if args["exhaustive"] else args["mode"])
     refiner.refine(*_load(args["image"], args["coarse"], (480, 720)))  # warm-up
     image, coarse = _load(args["image"], args["coarse"], tuple(args["size"]))
     runs = [
         _timed(refiner.refine, image, coarse, refiner.device.type) for _ in range(args["repeats"])
     ]
     np.save(args["save"], runs[0][0] > 127)
-    return {"seconds": float(np.median([s for _, s in runs])), **_peaks(refiner.device.type)}
+    seconds = float(np.median([s for _, s in runs]))
+    return {"seconds": seconds, "options": _options(refiner), **_peaks(refiner.device.type)}
 
 
 def measure_rounds(args: dict) -> dict:
     """Refine the scene at each of args["sizes"] in turn, args["rounds"] times over, in one
     process, after a round that is not timed: the seconds of each refinement, [round][size].
     Every other round runs the sizes in reverse order, so that no size keeps its neighbours."""
-    refiner = _airm_refiner(args, "airm")
+    refiner = _airm_refiner(args, args["mode"])
     scenes = [_load(args["image"], args["coarse"], tuple(size)) for size in args["sizes"]]
     for image, coarse in scenes:
         refiner.refine(image, coarse)
@@ -117,7 +120,7 @@ def measure_rounds(args: dict) -> dict:
         for i in order:
             seconds[i] = _timed(refiner.refine, *scenes[i], refiner.device.type)[1]
         rounds.append(seconds)
-    return {"sizes": args["sizes"], "seconds": rounds}
+    return {"sizes": args["sizes"], "seconds": rounds, "options": _options(refiner)}
 
 
 def measure_folder(args: dict) -> dict:
@@ -143,6 +146,7 @@ def measure_folder(args: dict) -> dict:
         flags += ["--out", str(root / "out"), "--quiet"]
         flags += ["--checkpoint", args["checkpoint"]] if args["checkpoint"] else []
         flags += ["--precision", args["precision"]]
+        flags += ["--every-pixel"] if args["mode"] == "airm_every_pixel" else []
         flags += ["--device", args["device"]] if args["device"] else []
         tic = time.perf_counter()
         status = run(parse_args(flags))
@@ -150,6 +154,11 @@ def measure_folder(args: dict) -> dict:
     if status != 0:
         raise RuntimeError(f"airm refine exited with {status} on the benchmark folder")
     return {"seconds": seconds / args["pairs"], **_peaks(refiner.device.type)}
+
+
+def _options(refiner) -> dict:
+    """The InferenceOptions a measurement ran with, for the JSON record."""
+    return dataclasses.asdict(refiner.options)
 
 
 def measure_cascadepsp(args: dict) -> dict:
@@ -237,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
         "--compare", action="store_true", help="also refine without shortcuts; print agreement"
     )
     p.add_argument(
+        "--every-pixel",
+        action="store_true",
+        help="time airm querying every pixel (`InferenceOptions.every_pixel()`, `airm refine "
+        "--every-pixel`) instead of the boundary bands",
+    )
+    p.add_argument(
         "--repeats", type=int, default=3, help="refinements per size; the median is reported"
     )
     p.add_argument(
@@ -258,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     results: list[dict] = []
+    if args.every_pixel:
+        print("airm queries every pixel (--every-pixel), not the boundary bands")
     print(
         f"{'device':<7}{'size':>12}{'MP':>6}  {'method':<12}{'seconds':>9}{'peak RSS MB':>13}"
         f"{'GPU MB':>9}"
@@ -269,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             "image": args.image,
             "coarse": args.coarse,
             "precision": args.precision,
+            "mode": "airm_every_pixel" if args.every_pixel else "airm",
         }
         with tempfile.TemporaryDirectory() as tmp:
             for size in sizes:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from airm.inference import NO_SHORTCUTS, InferenceOptions
+from airm.inference import EVERY_PIXEL, NO_SHORTCUTS, InferenceOptions
 
 RefineFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -49,7 +49,7 @@ AIRM_OPTIONS: dict[str, Callable[..., InferenceOptions]] = {
     "airm": _mode(),
     "airm_untiled": _mode(tile_size=None),
     "airm_exhaustive": _mode(**NO_SHORTCUTS),
-    "airm_every_pixel": _mode(band=None, first_band=None),
+    "airm_every_pixel": _mode(**EVERY_PIXEL),
 }
 CASCADEPSP_FOLDER = Path("~/.segmentation-refinement").expanduser()
 

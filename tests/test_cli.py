@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from airm.cli.refine import main
+from airm.inference import InferenceOptions
 
 from conftest import disc_pair, label_pair
 
@@ -39,9 +40,7 @@ def test_single_pair(tmp_path, tiny_checkpoint):
     assert mask.shape == (48, 64) and set(np.unique(mask)) <= {0, 255}
 
 
-def test_precision_min_step_and_trust_flags_reach_the_refiner(
-    tmp_path, tiny_checkpoint, monkeypatch
-):
+def test_inference_flags_reach_the_refiner(tmp_path, tiny_checkpoint, monkeypatch):
     from airm.cli import refine as cli
 
     seen = []
@@ -50,12 +49,15 @@ def test_precision_min_step_and_trust_flags_reach_the_refiner(
     write_pair(tmp_path, "a")
     pair = cli_args(tmp_path / "a.jpg", tmp_path / "a.png", tmp_path / "o.png")
     flags = ["--checkpoint", str(tiny_checkpoint), *FAST]
-    extra = ["--precision", "float32", "--min-step", "1", "--first-trust", "2"]
+    extra = ["--precision", "float32", "--min-step", "1", "--first-trust", "2", "--band", "20"]
     assert main([*pair, *flags, *extra]) == 0
     assert main([*pair, *flags]) == 0
-    assert [s.refiner.options.precision for s in seen] == ["float32", "auto"]
-    assert [s.refiner.options.min_step for s in seen] == [1.0, 1.5]
-    assert [s.refiner.options.first_trust for s in seen] == [2.0, 1.5]
+    assert main([*pair, *flags, "--every-pixel"]) == 0
+    assert [s.refiner.options.precision for s in seen] == ["float32", "auto", "auto"]
+    assert [s.refiner.options.min_step for s in seen] == [1.0, 1.5, 1.5]
+    assert [s.refiner.options.first_trust for s in seen] == [2.0, 1.5, 1.5]
+    assert [s.refiner.options.band for s in seen] == [20, 12, None]
+    assert seen[2].refiner.options == InferenceOptions.every_pixel(scales=(1.0,))
     with pytest.raises(SystemExit):
         main([*pair, *flags, "--precision", "float8"])
 
@@ -304,6 +306,8 @@ def test_bad_checkpoints_are_one_line(tmp_path, tiny_checkpoint, capsys, kind):
         ("files", ["--overlay", "pic.xyz"], "picture file"),
         ("files", ["--min-step", "0.5"], "min_step must be >= 1"),
         ("files", ["--first-trust", "0"], "first_trust must be > 0"),
+        ("files", ["--band", "0"], "band must be >= 1"),
+        ("files", ["--band", "8", "--every-pixel"], "do not go together"),
         ("dir_file", [], "must be one too"),
         ("file_dir", [], "--image is a file"),
         ("out_file", [], "--out must be one too"),

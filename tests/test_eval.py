@@ -213,6 +213,23 @@ def test_benchmark_reports_every_measurement(tmp_path, tiny_checkpoint, capsys):
     printed = capsys.readouterr().out
     assert "192x288 vs 96x144: 4.0x the pixels" in printed
     assert "192x288 vs 96x144, 2 rounds in one process:" in printed
+    assert [r["options"]["band"] for r in results if "options" in r] == [12, 12, 12]
+
+
+def test_benchmark_times_every_pixel_when_asked(tmp_path, tiny_checkpoint, capsys):
+    from eval.benchmark import main as benchmark
+
+    out = tmp_path / "bench.json"
+    argv = ["--checkpoint", str(tiny_checkpoint), "--devices", "cpu", "--repeats", "1"]
+    argv += ["--sizes", "96x144,192x288", "--rounds", "1", "--folder", "1", "--every-pixel"]
+    argv += ["--folder-size", "96x144", "--cascadepsp-size", "none", "--json", str(out)]
+    assert benchmark(argv) == 0
+    results = json.loads(out.read_text())
+    assert [r["method"] for r in results] == ["airm", "airm", "rounds", "folder"]
+    options = [r["options"] for r in results if "options" in r]
+    assert len(options) == 3
+    assert all((o["band"], o["first_band"], o["tile_size"]) == (None, None, 512) for o in options)
+    assert "every pixel" in capsys.readouterr().out
 
 
 def test_airm_variants_switch_off_the_shortcuts_they_name():
@@ -232,6 +249,7 @@ def test_airm_variants_switch_off_the_shortcuts_they_name():
     exhaustive = AIRM_OPTIONS["airm_exhaustive"](min_step=1.0, band=4)
     assert (exhaustive.min_step, exhaustive.band) == (1.0, None)
     assert InferenceOptions.exhaustive() == AIRM_OPTIONS["airm_exhaustive"]()
+    assert InferenceOptions.every_pixel() == AIRM_OPTIONS["airm_every_pixel"]()
 
 
 def test_every_pixel_gap_counts_the_errors_only_one_path_makes(tmp_path, tiny_checkpoint, capsys):

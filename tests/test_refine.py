@@ -168,6 +168,35 @@ def test_refinement_passes_the_resized_coarse_mask_to_every_scale(monkeypatch):
     assert seen == [None] * len(scale_sizes(96, 128, options))
 
 
+@pytest.mark.parametrize(
+    ("options", "bands", "tile_size"),
+    [
+        (InferenceOptions(min_size=32), [8, 12, 12], 512),
+        (InferenceOptions.every_pixel(min_size=32), [None, None, None], 512),
+        (InferenceOptions.exhaustive(min_size=32), [None, None, None], None),
+    ],
+)
+def test_every_pixel_queries_every_pixel_and_keeps_the_tiles(
+    monkeypatch, options, bands, tile_size
+):
+    import airm.inference
+
+    seen = []
+    step = airm.inference.refine_at_scale
+
+    def recording(model, image, prob, **kwargs):
+        seen.append((kwargs["band"], kwargs["tile_size"]))
+        return step(model, image, prob, **kwargs)
+
+    monkeypatch.setattr(airm.inference, "refine_at_scale", recording)
+    image, coarse = disc_pair(96, 128)
+    img = torch.from_numpy(image).permute(2, 0, 1)[None]
+    mask = torch.from_numpy(coarse)[None, None].float() / 255
+    refine_probability(tiny_model("airm_efficientnet_lite0"), img, mask, options)
+    assert len(scale_sizes(96, 128, options)) == 3
+    assert seen == [(band, tile_size) for band in bands]
+
+
 def test_scale_sizes_respect_the_training_crop():
     options = InferenceOptions()
     assert scale_sizes(480, 854, options)[0][0] == 224

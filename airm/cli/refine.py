@@ -30,7 +30,7 @@ from tqdm import tqdm
 from airm.api import ModelNotFoundError, get_refiner
 from airm.checkpoint import CheckpointError
 from airm.data import IMAGE_SUFFIXES
-from airm.inference import PRECISIONS, InferenceOptions
+from airm.inference import EVERY_PIXEL, PRECISIONS, InferenceOptions
 from airm.io import (
     DEFAULT_MAX_PIXELS,
     InputError,
@@ -99,6 +99,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="weigh the coarse mask this many times the model's own weight at the first scale "
         "(default 1.5; more keeps more of a mask that is nearly right)",
+    )
+    p.add_argument(
+        "--band",
+        type=int,
+        default=None,
+        help="after the first scale, query only pixels within this many pixels of the boundary "
+        "(default 12; wider is slower and closer to --every-pixel)",
+    )
+    p.add_argument(
+        "--every-pixel",
+        action="store_true",
+        help="query every pixel at every scale, not only bands around the boundary: the best "
+        "masks, several times slower (tiles are kept, so memory stays bounded)",
     )
     add_precision_argument(p)
     p.add_argument(
@@ -326,6 +339,8 @@ def _check_flags(args: argparse.Namespace) -> str | None:
         return "--soft and --labels do not go together (a label map has no probabilities)"
     if args.ignore_label is not None and not args.labels:
         return "--ignore-label needs --labels"
+    if args.every_pixel and args.band is not None:
+        return "--band and --every-pixel do not go together (every pixel has no band)"
     if image.is_dir():
         if not coarse.is_dir():
             return f"--image is a folder, so --coarse must be one too ({coarse} is not)"
@@ -346,6 +361,10 @@ def _make_settings(args: argparse.Namespace) -> Settings:
         fields["min_step"] = args.min_step
     if args.first_trust is not None:
         fields["first_trust"] = args.first_trust
+    if args.band is not None:
+        fields["band"] = args.band
+    if args.every_pixel:
+        fields.update(EVERY_PIXEL)
     base = get_refiner(args.checkpoint, args.device)
     refiner = base.with_options(
         InferenceOptions(**fields, precision=args.precision),
