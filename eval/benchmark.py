@@ -3,10 +3,10 @@
 On each device (--devices; the CPU, and the GPU when there is one), one scene (the example
 image and its coarse mask) is resized to each size and refined by `airm.refine` in a fresh
 process, which reports the median seconds of --repeats refinements (after a warm-up at 720 x
-480, so start-up and model loading are excluded) and the process's peak memory (max RSS, start-
-up included; on a GPU also the peak GPU allocation). With --compare, each size is also refined
-without the shortcuts (every pixel queried, every scale encoded whole) and the agreement is
-printed; with --every-pixel, airm queries every pixel throughout (tiles kept:
+480, so start-up and model loading are excluded) and the process's peak memory (max RSS,
+start-up included; on a GPU also the peak GPU allocation). With --compare, each size is also
+refined without the shortcuts (every pixel queried, every scale encoded whole) and the
+agreement is printed; with --every-pixel, airm queries every pixel throughout (tiles kept:
 `InferenceOptions.every_pixel()`), and the JSON records each measurement's options. Then one
 process refines the sizes in turn, --rounds times over, for the ratios of time between sizes:
 taken round by round, they do not drift with the machine's speed the way the fresh processes'
