@@ -94,7 +94,7 @@ def measure_airm(args: dict) -> dict:
     """Refine the scene at args["size"] with airm (runs in its own process)."""
     import numpy as np
 
-    refiner = _airm_refiner(args, "airm_exhaustive" if args["exhaustive"] else args["mode"])
+    refiner = _airm_refiner(args, args["mode"])
     refiner.refine(*_load(args["image"], args["coarse"], (480, 720)))  # warm-up
     image, coarse = _load(args["image"], args["coarse"], tuple(args["size"]))
     runs = [
@@ -293,9 +293,11 @@ def main(argv: list[str] | None = None) -> int:
                 modes = ["airm", "exhaustive"] if args.compare else ["airm"]
                 for mode in modes:
                     save = str(Path(tmp) / f"{mode}_{size[0]}x{size[1]}.npy")
-                    job = {"size": list(size), "exhaustive": mode == "exhaustive", "save": save}
+                    job = {"size": list(size), "save": save}
                     job["repeats"] = args.repeats if mode == "airm" else 1
-                    r = run_in_process(measure_airm, {**job, **common})
+                    if mode == "exhaustive":
+                        job["mode"] = "airm_exhaustive"
+                    r = run_in_process(measure_airm, {**common, **job})
                     results.append({"device": device, "size": list(size), "method": mode, **r})
                     print(_row(device, mode, size, r), flush=True)
                 if args.compare:

@@ -143,29 +143,33 @@ def test_the_coarse_band_is_queried_where_the_current_mask_lost_a_part():
     assert torch.equal(queried_pixels(prob, 3, (0.02, 0.98)), near_current)
 
 
-def test_refinement_passes_the_resized_coarse_mask_to_every_scale(monkeypatch):
-    """coarse_band gives each scale the coarse mask at that scale's size; off, none."""
+def scale_calls(monkeypatch, options: InferenceOptions) -> list[dict]:
+    """The keyword arguments of each scale's `refine_at_scale` when a tiny model refines a
+    96 x 128 disc with `options`."""
     import airm.inference
 
-    seen = []
+    calls = []
     step = airm.inference.refine_at_scale
 
     def recording(model, image, prob, **kwargs):
-        coarse = kwargs["coarse"]
-        seen.append(None if coarse is None else tuple(coarse.shape[-2:]))
+        calls.append(kwargs)
         return step(model, image, prob, **kwargs)
 
     monkeypatch.setattr(airm.inference, "refine_at_scale", recording)
-    model = tiny_model("airm_efficientnet_lite0")
     image, coarse = disc_pair(96, 128)
     img = torch.from_numpy(image).permute(2, 0, 1)[None]
     mask = torch.from_numpy(coarse)[None, None].float() / 255
+    refine_probability(tiny_model("airm_efficientnet_lite0"), img, mask, options)
+    return calls
+
+
+def test_refinement_passes_the_resized_coarse_mask_to_every_scale(monkeypatch):
+    """coarse_band gives each scale the coarse mask at that scale's size; off, none."""
     options = InferenceOptions(min_size=32, precision="float32")
-    refine_probability(model, img, mask, options)
+    seen = [tuple(c["coarse"].shape[-2:]) for c in scale_calls(monkeypatch, options)]
     assert seen == scale_sizes(96, 128, options)
-    seen.clear()
-    refine_probability(model, img, mask, InferenceOptions(min_size=32, coarse_band=False))
-    assert seen == [None] * len(scale_sizes(96, 128, options))
+    off = scale_calls(monkeypatch, InferenceOptions(min_size=32, coarse_band=False))
+    assert [c["coarse"] for c in off] == [None] * len(scale_sizes(96, 128, options))
 
 
 @pytest.mark.parametrize(
@@ -179,20 +183,7 @@ def test_refinement_passes_the_resized_coarse_mask_to_every_scale(monkeypatch):
 def test_every_pixel_queries_every_pixel_and_keeps_the_tiles(
     monkeypatch, options, bands, tile_size
 ):
-    import airm.inference
-
-    seen = []
-    step = airm.inference.refine_at_scale
-
-    def recording(model, image, prob, **kwargs):
-        seen.append((kwargs["band"], kwargs["tile_size"]))
-        return step(model, image, prob, **kwargs)
-
-    monkeypatch.setattr(airm.inference, "refine_at_scale", recording)
-    image, coarse = disc_pair(96, 128)
-    img = torch.from_numpy(image).permute(2, 0, 1)[None]
-    mask = torch.from_numpy(coarse)[None, None].float() / 255
-    refine_probability(tiny_model("airm_efficientnet_lite0"), img, mask, options)
+    seen = [(c["band"], c["tile_size"]) for c in scale_calls(monkeypatch, options)]
     assert len(scale_sizes(96, 128, options)) == 3
     assert seen == [(band, tile_size) for band in bands]
 
