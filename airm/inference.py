@@ -105,9 +105,9 @@ class InferenceOptions:
     @classmethod
     def every_pixel(cls, **fields) -> InferenceOptions:
         """Every pixel queried at every scale, not only the bands: the best masks, several times
-        slower (8 times at 8 MP on two CPU cores). Scales are still encoded tile by tile, so the
-        network's memory does not grow with the image; the queries' index arrays do (24 MP
-        peaked at 2.8 GB, against 1.7 GB with the bands)."""
+        slower (7 times at 8 MP on two CPU cores). Scales are still encoded tile by tile, so the
+        network's memory does not grow with the image; only the list of queried pixels does, 8
+        bytes a pixel (24 MP peaks at 1.65 GB, as with the bands)."""
         return cls(**{**EVERY_PIXEL, **fields})
 
     @classmethod
@@ -254,6 +254,44 @@ class TileGrid:
         top, left = row * self.tile[0], col * self.tile[1]
         return top, min(top + self.tile[0], self.height), left, min(left + self.tile[1], self.width)
 
+    def group(
+        self, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, list[int], list[int], list[tuple[int, int, int, int]]]:
+        """(h, w) bool -> its True pixels tile by tile: their positions (tile * th * tw + the
+        offset in the tile, row-major; see `pixels`) in order, one int64 each, the least memory
+        that lists them (every pixel of 24 megapixels: 192 MB); and per tile, the index of its
+        first in them, their number, and their bounds in the image (top, bottom, left, right;
+        end exclusive; meaningless for an empty tile). The host waits for the device twice:
+        for the number of True pixels, then for the tiles' figures, read back at once."""
+        (rows, cols), (th, tw) = self.shape, self.tile
+        if (rows, cols) == (1, 1):
+            cells = mask.reshape(1, th, tw)
+        else:  # padded with False past the image's edge
+            cells = mask.new_zeros(rows * cols, th, tw)
+            for index, cell in enumerate(cells):
+                top, bottom, left, right = self.tile_box(index)
+                cell[: bottom - top, : right - left] = mask[top:bottom, left:right]
+        positions = cells.view(-1).nonzero()[:, 0]
+        firsts = torch.arange(rows * cols + 1, device=mask.device) * (th * tw)
+        starts = torch.searchsorted(positions, firsts)  # positions are sorted
+        top, left = self.pixels(firsts[:-1])
+
+        def span(occupied: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            occupied = occupied.to(torch.uint8)  # argmax: the first of equal maxima
+            return occupied.argmax(1), occupied.shape[1] - occupied.flip(1).argmax(1)
+
+        (y0, y1), (x0, x1) = span(cells.any(2)), span(cells.any(1))
+        stats = [starts[:-1], starts.diff(), top + y0, top + y1, left + x0, left + x1]
+        starts, counts, *bounds = torch.stack(stats).tolist()
+        return positions, starts, counts, list(zip(*bounds, strict=True))
+
+    def pixels(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions as `group` gives them (tile * th * tw + the offset in the tile) -> the
+        (rows, cols) of those pixels in the image."""
+        (th, tw), cols = self.tile, self.shape[1]
+        tile, offset = positions // (th * tw), positions % (th * tw)
+        return (tile // cols) * th + offset // tw, (tile % cols) * tw + offset % tw
+
     def windows(
         self, boxes: list[tuple[int, int, int, int]]
     ) -> tuple[list[tuple[int, int]], tuple[int, int]]:
@@ -334,30 +372,21 @@ def refine_at_scale(
     scattering the results all stay on the device.
     """
     h, w = image.shape[-2:]
-    wanted = queried_pixels(prob, band, uncertain, coarse)
     grid = TileGrid.plan(h, w, tile_size, tile_context)
-    ys, xs = wanted.nonzero(as_tuple=True)
+    queried, starts, counts, boxes = grid.group(queried_pixels(prob, band, uncertain, coarse))
     out = prob.clone()
-    if ys.numel() == 0:
-        return out
-    tile = (ys // grid.tile[0]) * grid.shape[1] + xs // grid.tile[1]
-    if grid.shape != (1, 1):  # group the queried pixels by tile
-        order = torch.argsort(tile, stable=True)
-        ys, xs, tile = ys[order], xs[order], tile[order]
-    counts, boxes = _tile_bounds(ys, xs, tile, grid.shape[0] * grid.shape[1], (h, w))
-    starts = np.cumsum([0, *counts[:-1]]).tolist()
     busy = sorted((i for i, n in enumerate(counts) if n), key=lambda i: -counts[i])
     autocast = autocast_dtype(image.device, precision)
     flat = out.view(-1)
     for first in range(0, len(busy), tile_batch):
         tiles = busy[first : first + tile_batch]
-        # (B, Q) indices into the tile-sorted pixels: row b holds tile b's, then repeats its
-        # last one up to the batch's largest count, so duplicate writes carry equal values.
-        n = torch.tensor([counts[i] for i in tiles], device=ys.device)
-        start = torch.tensor([starts[i] for i in tiles], device=ys.device)
-        steps = torch.arange(counts[tiles[0]], device=ys.device)
+        # (B, Q) indices into `queried`: row b holds tile b's, then repeats its last one up to
+        # the batch's largest count, so duplicate writes carry equal values.
+        n = torch.tensor([counts[i] for i in tiles], device=queried.device)
+        start = torch.tensor([starts[i] for i in tiles], device=queried.device)
+        steps = torch.arange(counts[tiles[0]], device=queried.device)
         index = start[:, None] + torch.minimum(steps[None], n[:, None] - 1)
-        rows, cols = ys[index], xs[index]
+        rows, cols = grid.pixels(queried[index])
         origins, size = grid.windows([boxes[i] for i in tiles])
         flat[rows * w + cols] = _window_probabilities(
             model,
@@ -372,29 +401,6 @@ def refine_at_scale(
             autocast=autocast,
         )
     return out
-
-
-def _tile_bounds(
-    ys: torch.Tensor, xs: torch.Tensor, tile: torch.Tensor, tiles: int, size: tuple[int, int]
-) -> tuple[list[int], list[tuple[int, int, int, int]]]:
-    """Per tile: the number of queried pixels and their bounds (top, bottom, left, right; end
-    exclusive), read back from the device at once."""
-    h, w = size
-
-    def bound(values: torch.Tensor, reduce: str, initial: int) -> torch.Tensor:
-        start = torch.full((tiles,), initial, dtype=values.dtype, device=values.device)
-        return start.scatter_reduce(0, tile, values, reduce)
-
-    stats = torch.stack(
-        [
-            torch.bincount(tile, minlength=tiles),
-            bound(ys, "amin", h),
-            bound(ys, "amax", -1) + 1,
-            bound(xs, "amin", w),
-            bound(xs, "amax", -1) + 1,
-        ]
-    ).tolist()
-    return stats[0], list(zip(*stats[1:], strict=True))
 
 
 def _window_probabilities(

@@ -401,3 +401,35 @@ def test_auto_precision_is_bfloat16_only_where_the_hardware_computes_it(monkeypa
     assert autocast_dtype(torch.device("cuda"), "auto") == torch.bfloat16
     assert autocast_dtype(cpu, "float32") is None
     assert autocast_dtype(cpu, "bfloat16") == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "tile"), [(100, 130, 48), (80, 81, 48), (97, 50, None), (30, 200, 16)]
+)
+def test_tile_grid_groups_pixels_by_tile_with_their_bounds(height, width, tile):
+    from airm.inference import TileGrid
+
+    grid = TileGrid.plan(height, width, tile_size=tile, context=8)
+    rng = np.random.default_rng(1)
+    mask = torch.from_numpy(rng.random((height, width)) < 0.02)
+    mask[:, 5] = False  # rows and columns with nothing, so that bounds are not the tiles'
+    mask[7] = False
+    positions, starts, counts, boxes = grid.group(mask)
+    rows, cols = grid.pixels(positions)
+    # every True pixel once, grouped by tile in order, nothing from the padding
+    assert rows.numel() == mask.sum() == sum(counts)
+    assert mask[rows, cols].all() and (rows * width + cols).unique().numel() == rows.numel()
+    for index, (start, count, box) in enumerate(zip(starts, counts, boxes, strict=True)):
+        top, bottom, left, right = grid.tile_box(index)
+        ys, xs = mask[top:bottom, left:right].nonzero(as_tuple=True)
+        assert count == ys.numel()
+        tile_rows, tile_cols = rows[start : start + count], cols[start : start + count]
+        assert ((top <= tile_rows) & (tile_rows < bottom)).all()
+        assert ((left <= tile_cols) & (tile_cols < right)).all()
+        if count:
+            assert box == (
+                top + ys.min().item(),
+                top + ys.max().item() + 1,
+                left + xs.min().item(),
+                left + xs.max().item() + 1,
+            )
