@@ -273,16 +273,16 @@ class TileGrid:
                 cell[: bottom - top, : right - left] = mask[top:bottom, left:right]
         positions = cells.view(-1).nonzero()[:, 0]
         firsts = torch.arange(rows * cols + 1, device=mask.device) * (th * tw)
-        starts = torch.searchsorted(positions, firsts)  # positions are sorted
-        top, left = self.pixels(firsts[:-1])
+        edges = torch.searchsorted(positions, firsts)  # positions are sorted
+        tile_top, tile_left = self.pixels(firsts[:-1])
 
         def span(occupied: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             occupied = occupied.to(torch.uint8)  # argmax: the first of equal maxima
             return occupied.argmax(1), occupied.shape[1] - occupied.flip(1).argmax(1)
 
         (y0, y1), (x0, x1) = span(cells.any(2)), span(cells.any(1))
-        stats = [starts[:-1], starts.diff(), top + y0, top + y1, left + x0, left + x1]
-        starts, counts, *bounds = torch.stack(stats).tolist()
+        bounds = [tile_top + y0, tile_top + y1, tile_left + x0, tile_left + x1]
+        starts, counts, *bounds = torch.stack([edges[:-1], edges.diff(), *bounds]).tolist()
         return positions, starts, counts, list(zip(*bounds, strict=True))
 
     def pixels(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
