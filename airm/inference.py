@@ -107,7 +107,7 @@ class InferenceOptions:
         """Every pixel queried at every scale, not only the bands: the best masks, several times
         slower (7 times at 8 MP on two CPU cores). Scales are still encoded tile by tile, so the
         network's memory does not grow with the image; only the list of queried pixels does, 8
-        bytes a pixel (24 MP peaks at 1.65 GB, as with the bands)."""
+        bytes a pixel (24 MP peaks at 1.6-1.7 GB, as with the bands)."""
         return cls(**{**EVERY_PIXEL, **fields})
 
     @classmethod
