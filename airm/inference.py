@@ -22,7 +22,8 @@ Two shortcuts make large images cheap, and both can be switched off to measure t
 Memory is then bounded by the tile, and time grows with the boundary's length.
 
 The CPU and the GPU run the same loop. Per scale, the host reads two small things back from
-the device (the number of queried pixels, then their count and bounds per tile); the band, the
+the device (the number of queried pixels, then their count and bounds per tile) and sends one
+(where each batch of windows lies), all before the first window is encoded; the band, the
 gathering of queried pixels and the scattering of results stay on the device; windows go
 through the network `tile_batch` at a time (one on a CPU, 8 on a GPU by default), in bfloat16
 on a GPU by default (`precision`).
@@ -367,35 +368,48 @@ def refine_at_scale(
     precision: "float32", "bfloat16", "float16", or "auto" (bfloat16 on CUDA, else float32).
     Returns the new (1, 1, h, w) probabilities; unqueried pixels keep `prob`.
 
-    The host waits for the device twice a call (for the number of queried pixels, and for
-    their count and bounds per tile); gathering the queried pixels, batching the windows and
-    scattering the results all stay on the device.
+    The host waits for the device three times a call, all before the first window is encoded
+    (for the number of queried pixels, for their count and bounds per tile, and to send every
+    batch's figures); gathering the queried pixels, batching the windows and scattering the
+    results all stay on the device, so the host queues each batch while the device runs the
+    one before.
     """
     h, w = image.shape[-2:]
     grid = TileGrid.plan(h, w, tile_size, tile_context)
     queried, starts, counts, boxes = grid.group(queried_pixels(prob, band, uncertain, coarse))
     out = prob.clone()
     busy = sorted((i for i, n in enumerate(counts) if n), key=lambda i: -counts[i])
+    batches = [busy[i : i + tile_batch] for i in range(0, len(busy), tile_batch)]
+    windows = [grid.windows([boxes[i] for i in tiles]) for tiles in batches]
+    # Each busy tile's first index into `queried`, count and window origin, in batch order,
+    # copied to the device at once: a copy from the host waits until the device has done all
+    # it was given, so a copy a batch would keep the host from queuing a batch while the
+    # device runs the one before.
+    rows_of_figures = [
+        [starts[i], counts[i], *origin]
+        for tiles, (origins, _) in zip(batches, windows, strict=True)
+        for i, origin in zip(tiles, origins, strict=True)
+    ]
+    figures = torch.tensor(rows_of_figures, dtype=torch.int64).reshape(-1, 4).to(queried.device)
     autocast = autocast_dtype(image.device, precision)
     flat = out.view(-1)
-    for first in range(0, len(busy), tile_batch):
-        tiles = busy[first : first + tile_batch]
+    for tiles, (origins, size), batch in zip(
+        batches, windows, figures.split(tile_batch), strict=True
+    ):
+        start, n, top, left = batch.unbind(1)
         # (B, Q) indices into `queried`: row b holds tile b's, then repeats its last one up to
         # the batch's largest count, so duplicate writes carry equal values.
-        n = torch.tensor([counts[i] for i in tiles], device=queried.device)
-        start = torch.tensor([starts[i] for i in tiles], device=queried.device)
         steps = torch.arange(counts[tiles[0]], device=queried.device)
         index = start[:, None] + torch.minimum(steps[None], n[:, None] - 1)
         rows, cols = grid.pixels(queried[index])
-        origins, size = grid.windows([boxes[i] for i in tiles])
         flat[rows * w + cols] = _window_probabilities(
             model,
             image,
             prob,
             origins,
             size,
-            rows,
-            cols,
+            rows - top[:, None],
+            cols - left[:, None],
             trust=trust,
             chunk_size=None if chunk_size is None else max(1, chunk_size // len(tiles)),
             autocast=autocast,
@@ -416,16 +430,15 @@ def _window_probabilities(
     chunk_size: int | None,
     autocast: torch.dtype | None,
 ) -> torch.Tensor:
-    """Encode the windows at `origins` as one batch; probabilities (B, Q) at image pixels
-    (rows, cols) (B, Q), each inside its window."""
+    """Encode the windows at `origins` as one batch; probabilities (B, Q) at pixels (rows,
+    cols) (B, Q) of each window (counted from its origin)."""
     wh, ww = window
     crops = [(slice(y, y + wh), slice(x, x + ww)) for y, x in origins]
     images = torch.stack([image[0, :, ys, xs] for ys, xs in crops])
     masks = torch.stack([prob[0, :, ys, xs] for ys, xs in crops])
-    origin = torch.tensor(origins, device=rows.device, dtype=torch.float32)  # (B, 2)
     # Pixel centres over the window, as `pixel_centres` places them.
-    ys = ((rows - origin[:, :1]) + 0.5) * (2.0 / wh) - 1.0
-    xs = ((cols - origin[:, 1:]) + 0.5) * (2.0 / ww) - 1.0
+    ys = (rows + 0.5) * (2.0 / wh) - 1.0
+    xs = (cols + 0.5) * (2.0 / ww) - 1.0
     device = image.device.type
     with torch.autocast(device, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         encoded = model.encode(as_float(images), masks)
