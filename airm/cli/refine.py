@@ -111,7 +111,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--every-pixel",
         action="store_true",
         help="query every pixel at every scale, not only bands around the boundary: the best "
-        "masks, several times slower (8 MP: 8 s instead of 1 on two CPU cores)",
+        "masks, several times slower (8 MP: 6.5 s instead of 1 on two CPU cores)",
     )
     add_precision_argument(p)
     p.add_argument(
