@@ -1,10 +1,12 @@
 """The training loop of SPEC section 3, on one CPU, one GPU or many (torchrun + DDP).
 
 `train(config)` runs until `config.iterations`, writing to `config.out`:
-- `last.pt`: a self-describing training checkpoint (model, optimiser, step, configs), written
-  atomically and read back with `weights_only=True`; `--resume` continues from it exactly
-  (same schedule, same data order and augmentations, as these derive from the step);
-- `best.safetensors` / `final.safetensors`: inference checkpoints (see `airm.checkpoint`);
+- `last.pt`: a self-describing training checkpoint (model, its weights' moving average when
+  one is kept, optimiser, step, configs), written atomically and read back with
+  `weights_only=True`; `--resume` continues from it exactly (same schedule, same data order
+  and augmentations, as these derive from the step);
+- `best.safetensors` / `final.safetensors`: inference checkpoints (see `airm.checkpoint`), of
+  the weights' moving average when `ema_decay` is set;
 - `log.jsonl`: one JSON object per logged step or validation.
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
@@ -113,6 +116,10 @@ class TrainConfig:
     # gradient, not in the optimiser, its batch norms' running statistics kept), e.g. a part
     # added to a trained model, taught what it is for while the rest cannot compensate.
     train_only: tuple[str, ...] = ()
+    # Per-step decay of an exponential moving average of the weights (0.999: about the last
+    # 1,000 steps), which is then what validation scores and the exported weights hold (batch
+    # norms' statistics averaged too); None: the trained weights themselves.
+    ema_decay: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -376,11 +383,29 @@ def validate(model: torch.nn.Module, pairs: list[Pair], device: torch.device) ->
     return {name: {k: v for k, v in s.items() if k != "images"} for name, s in scores.items()}
 
 
+def weight_average(model: nn.Module, decay: float | None) -> ModelEmaV3 | None:
+    """The exponential moving average of `model`'s weights (timm's), started from them, or
+    None without a decay. Its decay depends on the step alone (see `ModelEmaV3.get_decay`:
+    step 1 copies the weights), so a resumed run averages as a straight one."""
+    if decay is None:
+        return None
+    if not 0 < decay < 1:
+        raise ValueError(f"ema_decay must lie between 0 and 1, got {decay}")
+    return ModelEmaV3(model, decay=decay)
+
+
 def save_training_state(
-    path: Path, model, optimizer, step: int, config: TrainConfig, best: float
+    path: Path,
+    model,
+    optimizer,
+    step: int,
+    config: TrainConfig,
+    best: float,
+    average: ModelEmaV3 | None = None,
 ) -> None:
     state = {
         "model": model.state_dict(),
+        **({"average": average.module.state_dict()} if average is not None else {}),
         "optimizer": optimizer.state_dict(),
         "step": step,
         "best": best,
@@ -429,6 +454,10 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
     """
     if config.variant not in VARIANTS:
         raise ValueError(f"unknown variant {config.variant!r}; choose from {sorted(VARIANTS)}")
+    if not all(0 <= m <= 1 for m in config.lr_milestones):
+        raise ValueError(
+            f"lr_milestones are fractions of the iterations (0 to 1), got {config.lr_milestones}"
+        )
     rank, world, device = _setup_distributed()
     if device.type == "cpu":
         retain_freed_memory()  # 1.23x faster steps on this project's CPU: see airm.allocator
@@ -463,6 +492,12 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, best = int(state["step"]), float(state["best"])
+    # A run resumed with an average that it did not keep before starts it from its weights.
+    average = weight_average(model, config.ema_decay)
+    if resuming and average is not None and "average" in state:
+        average.module.load_state_dict(state["average"])
+    # What validation scores and the run exports.
+    exported = model if average is None else average.module
     net = DistributedDataParallel(model) if world > 1 else model
 
     workers = loader_workers(config, world)
@@ -518,6 +553,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
             device=device,
             autocast=autocast,
         )
+        if average is not None:
+            average.update(model, step=step)
         running += losses.stacked()
         bar.update(1)
         if step % config.log_interval == 0:
@@ -541,13 +578,13 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
         if rank == 0 and (
             step % config.checkpoint_interval == 0 or step in (config.iterations, stop_at)
         ):
-            save_training_state(last, model, optimizer, step, config, best)
+            save_training_state(last, model, optimizer, step, config, best, average)
         if (
             rank == 0
             and val_pairs
             and (step % config.val_interval == 0 or step == config.iterations)
         ):
-            scores = validate(model, val_pairs, device)
+            scores = validate(exported, val_pairs, device)
             log({"event": "val", "step": step, **scores})
             gain = (
                 scores["refined"]["iou"]
@@ -561,13 +598,13 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
             )
             if gain > best:
                 best = gain
-                save_model(model, out / "best.safetensors", metadata={"step": str(step)})
-            save_training_state(last, model, optimizer, step, config, best)
+                save_model(exported, out / "best.safetensors", metadata={"step": str(step)})
+            save_training_state(last, model, optimizer, step, config, best, average)
             tic = time.time()
     bar.close()
     final = out / "final.safetensors"
     if rank == 0 and step == config.iterations:
-        save_model(model, final, metadata={"step": str(step)})
+        save_model(exported, final, metadata={"step": str(step)})
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -277,3 +277,16 @@ def test_train_lr_scale_flags_are_checked_before_training(tmp_path, capsys):
     assert airm.load_model(tmp_path / "run" / "final.safetensors").config.skip_gate
     config = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
     assert config["train"]["train_only"] == ["skip_gate"]
+
+
+def test_train_schedule_flags_reach_the_run(tmp_path):
+    data = _training_folder(tmp_path / "data")
+    argv = ["train", "--data", str(data), *TINY_RUN, "--iterations", "2", "--log-interval", "1"]
+    flags = ["--ema-decay", "0.9", "--lr", "0.01", "--lr-milestones", "1", "1"]
+    assert airm_main([*argv, "--out", str(tmp_path / "run"), *flags]) == 0
+    records = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert records[0]["train"]["ema_decay"] == 0.9
+    assert records[0]["train"]["lr_milestones"] == [1.0, 1.0]
+    assert [x["lr"] for x in records if x["event"] == "train"] == [0.01, 0.01]  # constant
+    with pytest.raises(ValueError, match="lr_milestones are fractions"):
+        airm_main([*argv, "--out", str(tmp_path / "bad"), "--lr-milestones", "0.5", "2"])

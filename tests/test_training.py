@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from PIL import Image
 
 from airm import load_model, metrics
+from airm.checkpoint import read_checkpoint
 from airm.data import RefinementDataset, find_pairs, make_coarse
 from airm.losses import LossWeights, affinity_labels, affinity_loss, refinement_losses
 from airm.morphology import nonzero_points
@@ -305,6 +306,35 @@ def test_resume_continues_exactly(big_folder, tmp_path):
     assert [x["event"] for x in records[:1]] == ["config"]
     assert [x["step"] for x in records if x["event"] == "train"] == [1, 2, 3, 4]  # each once
     assert all(x["total"] > 0 for x in records if x["event"] == "train")
+
+
+def test_the_weights_average_is_validated_exported_and_resumed_exactly(big_folder, tmp_path):
+    """With ema_decay the run exports (and validates) the exponential moving average of its
+    weights, started from step 1's; the trained weights are those of a run without it; a
+    resumed run ends where a straight one does."""
+    decay = 0.6
+    config = functools.partial(tiny_config, big_folder, iterations=3, ema_decay=decay)
+    straight = train(config(tmp_path / "a", val=str(big_folder), val_interval=3))
+    trained = []  # the trained weights after steps 1, 2 and 3
+    for stop in (1, 2):
+        train(config(tmp_path / f"s{stop}"), stop_at=stop)
+        trained.append(torch.load(tmp_path / f"s{stop}" / "last.pt", weights_only=True)["model"])
+    trained.append(torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"])
+    floats = [k for k, v in trained[0].items() if v.is_floating_point()]
+    expected = {k: trained[0][k] for k in floats}
+    for weights in trained[1:]:
+        expected = {k: decay * v + (1 - decay) * weights[k] for k, v in expected.items()}
+    exported = read_checkpoint(straight)[1]
+    assert all(torch.allclose(exported[k], expected[k], atol=1e-6) for k in floats)
+    assert any(not torch.allclose(exported[k], trained[2][k]) for k in floats)
+    best = read_checkpoint(tmp_path / "a" / "best.safetensors")[1]  # validated at step 3
+    assert all(torch.equal(best[k], exported[k]) for k in exported)
+    plain = train(tiny_config(big_folder, tmp_path / "p", iterations=3))
+    assert all(torch.equal(v, trained[2][k]) for k, v in read_checkpoint(plain)[1].items())
+    resumed = read_checkpoint(train(config(tmp_path / "s2"), resume=True))[1]
+    assert all(torch.equal(resumed[k], exported[k]) for k in exported)
+    with pytest.raises(ValueError, match="ema_decay"):
+        train(config(tmp_path / "bad", ema_decay=1.0))
 
 
 def test_training_from_cached_pairs_gives_the_same_weights(big_folder, tmp_path):

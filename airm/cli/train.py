@@ -33,6 +33,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="batch size per process")
     p.add_argument("--iterations", type=int, default=None, help="total optimiser steps")
     p.add_argument("--lr", type=float, default=None, help="initial learning rate")
+    p.add_argument(
+        "--lr-milestones",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("A", "B"),
+        help="the learning rate drops x0.1 at these fractions of the iterations (default 0.5 "
+        "0.83; 1 1: constant)",
+    )
     p.add_argument("--crop-size", type=int, default=None, help="training crop side in pixels")
     p.add_argument(
         "--query-size", type=int, default=None, help="side of the queried window of each crop"
@@ -120,6 +129,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="only parameters whose names start with PREFIX learn; the rest are frozen, "
         "batch norm statistics included (repeatable; e.g. skip_gate with --init)",
     )
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=None,
+        metavar="DECAY",
+        help="validate and export a moving average of the weights, DECAY per step (e.g. 0.999; "
+        "default: none, the trained weights themselves)",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed of data order and augmentation")
     p.add_argument("--log-interval", type=int, default=None, help="steps between log lines")
     p.add_argument("--val-interval", type=int, default=None, help="steps between validations")
@@ -155,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "iterations": args.iterations,
         "lr": args.lr,
+        "lr_milestones": tuple(args.lr_milestones) if args.lr_milestones else None,
         "crop_size": args.crop_size,
         "query_size": args.query_size,
         "far_fraction": args.far_fraction,
@@ -167,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
         "workers": args.workers,
         "cache_images": args.cache_images,
         "precision": args.precision,
+        "ema_decay": args.ema_decay,
         "seed": args.seed,
         "log_interval": args.log_interval,
         "val_interval": args.val_interval,
