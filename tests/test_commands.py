@@ -290,3 +290,4 @@ def test_train_schedule_flags_reach_the_run(tmp_path):
     assert [x["lr"] for x in records if x["event"] == "train"] == [0.01, 0.01]  # constant
     with pytest.raises(ValueError, match="lr_milestones are fractions"):
         airm_main([*argv, "--out", str(tmp_path / "bad"), "--lr-milestones", "0.5", "2"])
+    assert not (tmp_path / "bad").exists()

@@ -335,6 +335,7 @@ def test_the_weights_average_is_validated_exported_and_resumed_exactly(big_folde
     assert all(torch.equal(resumed[k], exported[k]) for k in exported)
     with pytest.raises(ValueError, match="ema_decay"):
         train(config(tmp_path / "bad", ema_decay=1.0))
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
 
 
 def test_training_from_cached_pairs_gives_the_same_weights(big_folder, tmp_path):
