@@ -7,7 +7,9 @@
   and augmentations, as these derive from the step);
 - `best.safetensors` / `final.safetensors`: inference checkpoints (see `airm.checkpoint`), of
   the weights' moving average when `ema_decay` is set;
-- `log.jsonl`: one JSON object per logged step or validation.
+- `log.jsonl`: one JSON object per logged step or validation, and one where each job starts
+  and ends (the step, the time, what it ran on), from which `run_record` reads a run's samples,
+  wall time and hardware across the short jobs that may make it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import functools
 import json
 import math
 import os
+import platform
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, pairwise
 from pathlib import Path
 
 import numpy as np
@@ -426,6 +429,77 @@ def _setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
+def device_name(device: torch.device) -> str:
+    """What a job's steps run on, as its log records it: the GPU's name, or the CPU's model
+    and the threads torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        models = []
+    model = models[0] if models else platform.processor() or platform.machine() or "CPU"
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a run's log says of its budget: samples and wall time are those of the steps that
+    count (a job's steps after its last checkpoint, done again by the next job, are counted
+    once, and the time spent on them not at all); `seconds` is None where the log lacks the
+    times of some of its steps (see `run_record`)."""
+
+    variant: str
+    step: int
+    samples: int
+    seconds: float | None
+    devices: tuple[str, ...]
+    train: dict
+
+    @property
+    def jobs(self) -> int:
+        return len(self.devices)
+
+
+def run_record(log_path: str | os.PathLike) -> RunRecord:
+    """Read a run's `log.jsonl` (see `train`): its config, the last step it logged, and, from
+    its jobs' start records, the samples its steps saw, its wall time and its hardware.
+
+    Steps logged before any job's start record (a log written before jobs were recorded, or
+    one that began at a resumption because the earlier log did not travel with the
+    checkpoint) count as samples at the config's batch size and the first job's processes,
+    and leave the wall time unknown (None)."""
+    records = []
+    for line in Path(log_path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a stopped job
+    config = next((r for r in records if r.get("event") == "config"), None)
+    if config is None:
+        raise ValueError(f"{log_path} has no config record: is it a training log?")
+    train_config = config["train"]
+    step = max((r.get("step", 0) for r in records), default=0)
+    starts = [i for i, r in enumerate(records) if r.get("event") == "start"]
+    first = records[starts[0]] if starts else {"step": step, "world": 1}
+    batch = train_config["batch_size"]
+    samples = first["step"] * batch * first["world"]
+    seconds: float | None = None if first["step"] else 0.0
+    devices = []
+    # Each job runs from its start record to the next job's (the last one to the last step).
+    for i, j in pairwise([*starts, len(records)]):
+        job = records[i]
+        end = records[j]["step"] if j < len(records) else step
+        samples += (end - job["step"]) * batch * job["world"]
+        if seconds is not None:
+            seconds += max(r.get("time", job["time"]) for r in records[i:j]) - job["time"]
+        world = job["world"]
+        devices.append(job["device"] if world == 1 else f"{world} x {job['device']}")
+    variant = train_config["variant"]
+    return RunRecord(variant, step, samples, seconds, tuple(devices), train_config)
+
+
 def _drop_records_after(log_path: Path, step: int) -> None:
     """Remove the log's records of steps after `step`: a run stopped after its last checkpoint
     logged steps that its resumption does again, and each step is then logged once. A line cut
@@ -515,7 +589,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
     val_pairs = spread_pairs(find_pairs(config.val), config.val_limit) if config.val else []
     val_pairs = [p for p in val_pairs if p.coarse is not None]
     log_path = out / "log.jsonl"
-    if rank == 0 and not resuming:
+    # A resumed run whose log did not travel with its checkpoint starts a log of its own.
+    if rank == 0 and not (resuming and log_path.is_file()):
         log_path.write_text(
             json.dumps(
                 {
@@ -526,12 +601,15 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
             )
             + "\n"
         )
-    elif rank == 0 and log_path.is_file():
+    elif rank == 0:
         _drop_records_after(log_path, start)
 
     def log(record: dict) -> None:
         with log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps({**record, "time": time.time()}) + "\n")
+
+    if rank == 0:
+        log({"event": "start", "step": start, "device": device_name(device), "world": world})
 
     bar = tqdm(total=config.iterations, initial=start, disable=rank != 0, dynamic_ncols=True)
     # Loss terms summed on the device since the last log line: reading them back every step
@@ -603,6 +681,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
     final = out / "final.safetensors"
     if rank == 0 and step == config.iterations:
         save_model(exported, final, metadata={"step": str(step)})
+    if rank == 0:
+        log({"event": "end", "step": step})
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -21,6 +21,7 @@ from airm.training import (
     TrainConfig,
     float32_depthwise,
     parameter_groups,
+    run_record,
     train,
     training_autocast,
     training_items,
@@ -306,6 +307,83 @@ def test_resume_continues_exactly(big_folder, tmp_path):
     assert [x["event"] for x in records[:1]] == ["config"]
     assert [x["step"] for x in records if x["event"] == "train"] == [1, 2, 3, 4]  # each once
     assert all(x["total"] > 0 for x in records if x["event"] == "train")
+    assert [(x["event"], x["step"]) for x in records if x["event"] in ("start", "end")] == [
+        ("start", 0),
+        ("end", 2),
+        ("start", 2),
+        ("end", 4),
+    ]
+    one, two = run_record(tmp_path / "a" / "log.jsonl"), run_record(log)
+    assert (one.step, one.samples, one.jobs) == (4, 8, 1)
+    assert (two.step, two.samples, two.jobs) == (4, 8, 2)  # steps 3 and 4 counted once
+    assert two.seconds > 0 and two.devices[0].endswith(f"{torch.get_num_threads()} threads")
+    train(tiny_config(big_folder, tmp_path / "c"), stop_at=2)
+    (tmp_path / "c" / "log.jsonl").unlink()  # the log did not travel with the checkpoint
+    train(tiny_config(big_folder, tmp_path / "c"), resume=True)
+    lost = run_record(tmp_path / "c" / "log.jsonl")  # a log of its own, from step 2
+    assert (lost.step, lost.samples, lost.seconds, lost.jobs) == (4, 8, None, 1)
+
+
+def test_run_record_sums_the_jobs_that_made_a_run(tmp_path):
+    """Samples and wall time over jobs of different sizes, a stopped job's lost steps not
+    counted; a log from before jobs were recorded gives its steps and no time."""
+    config = {"event": "config", "train": {"variant": "v", "batch_size": 4}}
+    records = [
+        config,
+        {"event": "start", "step": 0, "device": "GPU", "world": 1, "time": 100.0},
+        {"event": "train", "step": 10, "time": 110.0},  # checkpointed at 10, then stopped
+        {"event": "start", "step": 10, "device": "GPU", "world": 2, "time": 200.0},
+        {"event": "val", "step": 30, "time": 250.0},
+        {"event": "end", "step": 30, "time": 261.0},
+    ]
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"event": "tr')
+    run = run_record(log)
+    assert (run.variant, run.step, run.jobs) == ("v", 30, 2)
+    assert run.samples == 10 * 4 + 20 * 4 * 2
+    assert run.seconds == pytest.approx(10 + 61)
+    assert run.devices == ("GPU", "2 x GPU")
+    log.write_text(json.dumps(config) + "\n" + json.dumps({"event": "train", "step": 20}) + "\n")
+    old = run_record(log)
+    assert (old.samples, old.seconds, old.devices) == (80, None, ())
+    late = [config, {**records[3], "world": 1}, records[5]]  # begun at a resumption
+    log.write_text("".join(json.dumps(r) + "\n" for r in late))
+    assert (run_record(log).samples, run_record(log).seconds) == (30 * 4, None)
+    log.write_text(json.dumps({"event": "train", "step": 20}) + "\n")
+    with pytest.raises(ValueError, match="no config record"):
+        run_record(log)
+
+
+def test_the_budget_table_gives_each_runs_cost_scores_and_difference(big_folder, tmp_path, capsys):
+    from eval.budget import main as budget_main
+    from eval.run import main as eval_main
+
+    a = train(tiny_config(big_folder, tmp_path / "a"))
+    train(tiny_config(big_folder, tmp_path / "b", seed=1), stop_at=2)
+    b = train(tiny_config(big_folder, tmp_path / "b", seed=1), resume=True)
+    out = tmp_path / "e"
+    argv = ["--data", str(big_folder), "--out", str(out), "--methods", "coarse"]
+    assert eval_main([*argv, "--checkpoint", f"a={a}", "--checkpoint", f"b={b}"]) == 0
+    capsys.readouterr()
+    runs = [f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}"]
+    assert budget_main([str(out), "--reference", "a", *runs]) == 0
+    table = capsys.readouterr().out
+    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())}
+    cells = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in table.splitlines()
+        if line.startswith("| ")
+    }
+    assert cells["b"][:3] == ["b", "airm_efficientnet_lite0", "8"]  # 4 steps of 2, two jobs
+    assert cells["b"][4].endswith("threads") and cells["b"][5] == f"{rows['b']['iou']:.2f}"
+    assert cells["coarse input"][5] == f"{rows['coarse']['iou']:.2f}"
+    assert cells["a"][-1] == "" and cells["b"][-1].startswith(("+", "-"))  # b against a
+    assert "Not an equal budget: the runs differ in seed (a 0, b 1)." in table
+    assert budget_main([str(out), "--reference", "a", runs[0]]) == 0
+    assert "An equal budget" in capsys.readouterr().out
+    assert budget_main([str(out), "--reference", "c", *runs]) == 2
+    assert budget_main([str(out), "--reference", "a", f"a={tmp_path}"]) == 2  # no log there
+    assert "error:" in capsys.readouterr().err
 
 
 def test_the_weights_average_is_validated_exported_and_resumed_exactly(big_folder, tmp_path):
