@@ -177,14 +177,27 @@ def paste_object(
     return composite.round().astype(np.uint8), full > 0.5
 
 
+def _rescaled(image, gt, coarse, scale: float):
+    """The image (area interpolation) and the bool masks (area, then thresholded halfway)
+    resized by `scale`; unchanged at (nearly) 1."""
+    if scale >= 0.999:
+        return image, gt, coarse
+    size = (max(1, round(gt.shape[1] * scale)), max(1, round(gt.shape[0] * scale)))
+    image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    gt = cv2.resize(gt.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+    coarse = cv2.resize(coarse.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+    return image, gt, coarse
+
+
 class RefinementDataset(Dataset):
     """Random crops of (image, coarse, truth) for training.
 
     Each item: image (3, S, S) float in [0, 1], coarse (1, S, S) float in [0, 1], truth (1, S,
     S) float {0, 1}. The coarse mask is made at the image level, as real segmenters' masks
-    are; the image is then rescaled by a random factor (so both whole-object views, as the
-    coarse scales of inference see, and full-resolution detail are trained), cropped, padded
-    when smaller, flipped and colour-jittered.
+    are; the image is then seen at a random scale (so both whole-object views, as the coarse
+    scales of inference see, and full-resolution detail are trained): the crop's window is
+    chosen at the image's own size and only it is resized, padded when smaller, flipped and
+    colour-jittered.
 
     Where crops go: a `far_fraction` of them is centred far from every boundary (of the truth
     and of the coarse mask), so the network learns to keep what the coarse mask gets right away
@@ -223,8 +236,8 @@ class RefinementDataset(Dataset):
     1.8 GiB once packed to 640 px). DataLoader workers forked afterwards share them instead of
     decoding a JPEG and a PNG per item, the largest part of an item's time; the items are the
     same either way. `tools/bench_loader.py` measures the gain (1.19x packed, 1.33x at full
-    size, with 2 workers on 2 cores). The arrays are read-only, so no augmentation can alter
-    them.
+    size, with 2 workers on 2 cores; 1.5-1.7x packed once only the crop's window was resized).
+    The arrays are read-only, so no augmentation can alter them.
     """
 
     def __init__(
@@ -290,11 +303,13 @@ class RefinementDataset(Dataset):
             other = (index + 1 + int(rng.integers(len(self.pairs) - 1))) % len(self.pairs)
             image, gt = paste_object(image, *self._read(other), rng)
         coarse = make_coarse(gt, rng, lowres_sides=self.lowres_sides)
-        image, gt, coarse = self._rescale(image, gt, coarse, rng)
+        scale = self._scale(gt.shape, rng)
         # No draw without rotation, so that the other items stay what they were.
-        if self.rotate_degrees:
+        if self.rotate_degrees:  # the whole image turns, so it is rescaled whole first
+            image, gt, coarse = _rescaled(image, gt, coarse, scale)
             image, gt, coarse = self._rotate(image, gt, coarse, rng)
-        image, gt, coarse = self._crop(image, gt, coarse, rng)
+            scale = 1.0
+        image, gt, coarse = self._crop(image, gt, coarse, scale, rng)
         if rng.random() < 0.5:
             image, gt, coarse = image[:, ::-1], gt[:, ::-1], coarse[:, ::-1]
         image = self._jitter(image.astype(np.float32) / 255.0, rng)
@@ -324,23 +339,16 @@ class RefinementDataset(Dataset):
         image.flags.writeable = gt.flags.writeable = False
         return image, gt
 
-    def _rescale(self, image, gt, coarse, rng):
-        short = min(gt.shape)
-        lo = min(1.0, self.crop_size / short)
+    def _scale(self, shape: tuple[int, int], rng: np.random.Generator) -> float:
+        """The factor an item's image is seen at: the first scale's view (shorter side at the
+        crop size), a random one between that and full resolution, or full resolution."""
+        lo = min(1.0, self.crop_size / min(shape))
         # No draw without whole views, so that the other items stay what they were.
         if self.whole_fraction and rng.random() < self.whole_fraction:
-            scale = lo
-        elif rng.random() < 0.6:
-            scale = float(np.exp(rng.uniform(np.log(lo), 0.0)))
-        else:
-            scale = 1.0
-        if scale >= 0.999:
-            return image, gt, coarse
-        size = (max(1, round(gt.shape[1] * scale)), max(1, round(gt.shape[0] * scale)))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        gt = cv2.resize(gt.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
-        coarse = cv2.resize(coarse.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
-        return image, gt, coarse
+            return lo
+        if rng.random() < 0.6:
+            return float(np.exp(rng.uniform(np.log(lo), 0.0)))
+        return 1.0
 
     def _rotate(self, image, gt, coarse, rng):
         angle = rng.uniform(-self.rotate_degrees, self.rotate_degrees)
@@ -352,17 +360,22 @@ class RefinementDataset(Dataset):
                 a, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
             )
 
-        # Masks turn as 0/255 bytes and are thresholded halfway, as `_rescale` does.
+        # Masks turn as 0/255 bytes and are thresholded halfway, as `_rescaled` does.
         return (
             turn(image),
             turn(gt.astype(np.uint8) * 255) > 127,
             turn(coarse.astype(np.uint8) * 255) > 127,
         )
 
-    def _crop(self, image, gt, coarse, rng):
+    def _crop(self, image, gt, coarse, scale, rng):
+        """A crop_size x crop_size view of the arrays rescaled by `scale`, placed as the class
+        says. Only the window is rescaled: it is chosen on the arrays as they are (its side
+        crop_size / scale there, and so its distances), then cut out and resized, so an item
+        costs the same whatever the image's size."""
         s = self.crop_size
+        side = s if scale >= 0.999 else max(s, round(s / scale))
         h, w = gt.shape
-        pad_h, pad_w = max(0, s - h), max(0, s - w)
+        pad_h, pad_w = max(0, side - h), max(0, side - w)
         if pad_h or pad_w:
             pad = ((0, pad_h), (0, pad_w))
             image = np.pad(image, (*pad, (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
@@ -371,18 +384,18 @@ class RefinementDataset(Dataset):
             h, w = gt.shape
         edges = boundaries([gt, coarse])
         if rng.random() < self.far_fraction:
-            y0, x0 = _far_window(edges, s, rng)
+            y0, x0 = _far_window(edges, side, rng)
         else:
             near = _boundary_point(edges if rng.random() < 0.3 else boundaries([gt]), rng)
             if near is not None and rng.random() < 0.8:
-                cy = near[0] + int(rng.integers(-s // 4, s // 4 + 1))
-                cx = near[1] + int(rng.integers(-s // 4, s // 4 + 1))
+                cy = near[0] + round(int(rng.integers(-s // 4, s // 4 + 1)) * side / s)
+                cx = near[1] + round(int(rng.integers(-s // 4, s // 4 + 1)) * side / s)
             else:
                 cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
-            y0 = int(np.clip(cy - s // 2, 0, h - s))
-            x0 = int(np.clip(cx - s // 2, 0, w - s))
-        window = (slice(y0, y0 + s), slice(x0, x0 + s))
-        return image[window], gt[window], coarse[window]
+            y0 = int(np.clip(cy - side // 2, 0, h - side))
+            x0 = int(np.clip(cx - side // 2, 0, w - side))
+        window = (slice(y0, y0 + side), slice(x0, x0 + side))
+        return _rescaled(image[window], gt[window], coarse[window], s / side)
 
     @staticmethod
     def _jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -593,6 +593,26 @@ def test_lowres_sides_set_how_good_the_imitated_segmenter_is(tmp_path):
             RefinementDataset(pairs, lowres_sides=bad)
 
 
+def test_rescaled_items_keep_image_and_truth_aligned(tmp_path):
+    # Only the crop's window is resized: the image and both masks must come out of the same
+    # window by the same mapping, at every scale (a whole view shrinks this image 5 times).
+    yy, xx = np.mgrid[:320, :400]
+    pairs = bright_object_pairs(tmp_path / "disc", (yy - 160) ** 2 + (xx - 200) ** 2 < 100**2)
+    dataset = RefinementDataset(pairs, crop_size=64, seed=4, whole_fraction=0.5)
+    areas = []
+    for epoch in range(24):
+        dataset.set_epoch(epoch)
+        img, coarse, gt = dataset[0]
+        assert img.shape == (3, 64, 64) and coarse.shape == gt.shape == (1, 64, 64)
+        bright = img.mean(0) > 0.5
+        inner = torch.from_numpy(cv2.erode(gt[0].numpy(), np.ones((3, 3), np.uint8))) > 0.5
+        outer = torch.from_numpy(cv2.dilate(gt[0].numpy(), np.ones((3, 3), np.uint8))) < 0.5
+        assert bright[inner].all() and not bright[outer].any()
+        areas.append(gt.sum().item())
+    whole = np.pi * (100 * 64 / 320) ** 2  # the disc, shrunk with the image, inside the crop
+    assert sum(abs(a - whole) < 0.1 * whole for a in areas) >= 4
+
+
 def test_rotated_items_keep_image_and_truth_aligned(tmp_path):
     # The object is bright and the background dark, so wherever an item's truth says object
     # its image must be bright: a rotation applied to one and not the other would show.
