@@ -162,8 +162,6 @@ def paste_object(
     # Top-left corner: up to a quarter of the patch may fall outside the image.
     top = int(rng.integers(-size[1] // 4, h - 3 * size[1] // 4 + 1))
     left = int(rng.integers(-size[0] // 4, w - 3 * size[0] // 4 + 1))
-    full = np.zeros((h, w), np.float32)
-    composite = image.astype(np.float32)
     inside = (
         slice(max(0, top), min(h, top + size[1])),
         slice(max(0, left), min(w, left + size[0])),
@@ -172,9 +170,13 @@ def paste_object(
         slice(inside[0].start - top, inside[0].stop - top),
         slice(inside[1].start - left, inside[1].stop - left),
     )
+    full = np.zeros((h, w), np.float32)
     full[inside] = alpha[part]
-    composite[inside] = patch[part] + (1.0 - full[inside][..., None]) * composite[inside]
-    return composite.round().astype(np.uint8), full > 0.5
+    # Blended where the patch lies only; the rest of the photograph is copied as it is.
+    composite = image.copy()
+    behind = image[inside].astype(np.float32)
+    composite[inside] = (patch[part] + (1.0 - alpha[part][..., None]) * behind).round()
+    return composite, full > 0.5
 
 
 def _rescaled(image, gt, coarse, scale: float):
