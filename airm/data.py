@@ -372,8 +372,8 @@ class RefinementDataset(Dataset):
     def _crop(self, image, gt, coarse, scale, rng):
         """A crop_size x crop_size view of the arrays rescaled by `scale`, placed as the class
         says. Only the window is rescaled: it is chosen on the arrays as they are (its side
-        crop_size / scale there, and so its distances), then cut out and resized, so an item
-        costs the same whatever the image's size."""
+        crop_size / scale there, and so its distances), then cut out and resized, so the
+        resizing costs what the crop does, not what the image does."""
         s = self.crop_size
         side = s if scale >= 0.999 else max(s, round(s / scale))
         h, w = gt.shape
