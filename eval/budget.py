@@ -80,17 +80,12 @@ def budget_table(out: Path, runs: dict[str, RunRecord], reference: str) -> str:
     align = ["---", "---", "--:", "---", "---"] + ["--:"] * (len(head) - 5)  # numbers right
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
     if "coarse" in rows:
-        c = rows["coarse"]
-        cells = ["coarse input", "", "", "", "", f"{c['iou']:.2f}", f"{c['mean_iou']:.2f}"]
-        cells += [f"{c['mba']:.2f}"]
-        cells += [_per_source(c, s) for s in sources] + ["", ""]
+        cells = ["coarse input", "", "", "", "", *_scores(rows["coarse"], sources), "", ""]
         lines.append("| " + " | ".join(cells) + " |")
     for name, run in runs.items():
-        r = rows[name]
         hardware = "; ".join(dict.fromkeys(run.devices)) or "not logged"
         cells = [name, run.variant, f"{run.samples:,}", wall_time(run.seconds), hardware]
-        cells += [f"{r['iou']:.2f}", f"{r['mean_iou']:.2f}", f"{r['mba']:.2f}"]
-        cells += [_per_source(r, s) for s in sources]
+        cells += _scores(rows[name], sources)
         if name == reference:
             cells += ["", ""]
         else:
@@ -105,9 +100,13 @@ def budget_table(out: Path, runs: dict[str, RunRecord], reference: str) -> str:
     return "\n".join(lines)
 
 
-def _per_source(row: dict, source: str) -> str:
-    s = row["sources"].get(source)
-    return f"{s['iou']:.2f} / {s['mba']:.2f}" if s else ""
+def _scores(row: dict, sources: list[str]) -> list[str]:
+    """A results.json row's cells: pooled IoU, mean IoU, mBA, then IoU / mBA per source."""
+    cells = [f"{row['iou']:.2f}", f"{row['mean_iou']:.2f}", f"{row['mba']:.2f}"]
+    for source in sources:
+        s = row["sources"].get(source)
+        cells.append(f"{s['iou']:.2f} / {s['mba']:.2f}" if s else "")
+    return cells
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -348,7 +348,8 @@ def test_run_record_sums_the_jobs_that_made_a_run(tmp_path):
     assert (old.samples, old.seconds, old.devices) == (80, None, ())
     late = [config, {**records[3], "world": 1}, records[5]]  # begun at a resumption
     log.write_text("".join(json.dumps(r) + "\n" for r in late))
-    assert (run_record(log).samples, run_record(log).seconds) == (30 * 4, None)
+    late_run = run_record(log)
+    assert (late_run.samples, late_run.seconds) == (30 * 4, None)
     log.write_text(json.dumps({"event": "train", "step": 20}) + "\n")
     with pytest.raises(ValueError, match="no config record"):
         run_record(log)
