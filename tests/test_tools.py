@@ -9,7 +9,7 @@ from airm import Refiner
 from airm.data import find_pairs
 from airm.inference import InferenceOptions, scale_sizes
 from airm.io import read_image, read_mask
-from tools import bench_loader, bench_train_step, window_area
+from tools import bench_loader, bench_train_step, coarse_set, window_area
 from tools.pack_data import main, pack
 
 from conftest import disc_pair, tiny_model
@@ -116,3 +116,44 @@ def test_window_area_prints_each_scale_and_the_ratios(tiny_checkpoint, capsys):
     out = capsys.readouterr().out
     assert "  480x720     480x720" in out
     assert "last size against the first (all scales): windows" in out
+
+
+def test_coarse_set_makes_val_like_coarse_masks_per_source(tmp_path, capsys):
+    big_folder(tmp_path / "data", [(120, 160), (150, 100), (130, 130), (100, 140), (90, 120)])
+    sources = ["alpha", "alpha", "alpha", "beta", "beta"]
+    entries = [{"name": f"pair{i}", "source": s} for i, s in enumerate(sources)]
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps(entries))
+    argv = [str(tmp_path / "data"), str(tmp_path / "out"), "--per-source", "2", "--seed", "3"]
+    assert coarse_set.main(argv) == 0
+    assert "alpha: 2 pairs" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    # Two of alpha's three (the first and the last), both of beta's; kinds alternate per source.
+    assert [(m["name"], m["source"], m["coarse"]) for m in manifest] == [
+        ("pair0", "alpha", "lowres"),
+        ("pair2", "alpha", "perturb"),
+        ("pair3", "beta", "lowres"),
+        ("pair4", "beta", "perturb"),
+    ]
+    pairs = {p.name: p for p in find_pairs(tmp_path / "out")}
+    assert sorted(pairs) == ["pair0", "pair2", "pair3", "pair4"]
+    for m in manifest:
+        pair = pairs[m["name"]]
+        assert pair.coarse_kind == m["coarse"] and pair.source == m["source"]
+        source = tmp_path / "data" / f"{m['name']}_im.jpg"
+        assert pair.image.read_bytes() == source.read_bytes()
+        truth = read_mask(pair.mask) > 0.5
+        assert np.array_equal(truth, read_mask(tmp_path / "data" / f"{m['name']}_gt.png") > 0.5)
+        coarse = read_mask(pair.coarse) > 0.5
+        iou = (coarse & truth).sum() / (coarse | truth).sum()
+        assert abs(iou - m["coarse_iou"]) < 1e-3 and (m["height"], m["width"]) == truth.shape
+        if m["coarse"] == "perturb":
+            assert 0.5 < iou < coarse_set.PERTURB_IOU[1]
+    # The same seed makes the same masks; a folder with files in it is refused, untouched.
+    assert coarse_set.main([*argv[:1], str(tmp_path / "again"), *argv[2:]]) == 0
+    for m in manifest:
+        name = f"{m['name']}_seg.png"
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "out" / name).read_bytes()
+    before = (tmp_path / "out" / "manifest.json").read_bytes()
+    assert coarse_set.main(argv) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (tmp_path / "out" / "manifest.json").read_bytes() == before
