@@ -115,6 +115,21 @@ def test_mit_last_stage_at_stride16():
     assert TINY["feature_dim"] == model.pixel_features.fuse[0].out_channels
 
 
+def test_stride2_features_reach_the_decoder_at_half_the_input():
+    model = tiny_model("airm_efficientnet_lite0", feature_stride=2)
+    assert model.encoder.strides == (2, 4, 8, 16, 32)
+    image, mask = torch.rand(1, 3, 64, 96), (torch.rand(1, 1, 64, 96) > 0.5).float()
+    stages = model.encoder(torch.cat([image, mask], dim=1)).stages
+    assert model.pixel_features(stages).shape[-2:] == (32, 48)
+    fast = inference_copy(model, torch.device("cpu"))
+    with torch.no_grad():
+        expected, got = model(image, mask).logits, fast(image, mask).logits
+    assert expected.shape == (1, 1, 64, 96)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="CNN encoder"):
+        tiny_model("airm_mit_b0", feature_stride=2)
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_inference_copy_keeps_the_function(variant):
     model = tiny_model(variant)
