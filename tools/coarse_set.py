@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 
 from airm.data import find_pairs, spread_pairs  # noqa: E402
 from airm.io import read_mask, write_mask  # noqa: E402
-from airm.metrics import iou_counts  # noqa: E402
+from airm.metrics import iou  # noqa: E402
 from airm.perturb import lowres_mask, perturb_mask  # noqa: E402
 
 # The IoU range that shared/data/val's perturbed coarse masks were drawn down to.
@@ -56,7 +56,6 @@ def make_set(source: Path, out: Path, *, per_source: int | None, seed: int) -> l
             shutil.copyfile(pair.image, out / f"{pair.name}_im{pair.image.suffix.lower()}")
             write_mask(out / f"{pair.name}_gt.png", np.multiply(gt, 255, dtype=np.uint8))
             write_mask(out / f"{pair.name}_seg.png", np.multiply(coarse, 255, dtype=np.uint8))
-            inter, union = iou_counts(coarse, gt)
             manifest.append(
                 {
                     "name": pair.name,
@@ -64,7 +63,7 @@ def make_set(source: Path, out: Path, *, per_source: int | None, seed: int) -> l
                     "height": gt.shape[0],
                     "width": gt.shape[1],
                     "coarse": kind,
-                    "coarse_iou": round(inter / union, 4) if union else 1.0,
+                    "coarse_iou": round(iou(coarse, gt), 4),
                 }
             )
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
