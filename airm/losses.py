@@ -25,6 +25,16 @@ class LossWeights:
     # Affinity pairs are cells at most this many grid cells apart (the paper's best: 14).
     affinity_radius: int = 14
 
+    def __post_init__(self) -> None:
+        for name in ("bce", "l1", "l2", "gradient", "affinity", "boundary"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ValueError(f"loss weight {name} must be a number >= 0, got {value!r}")
+        for name in ("band_radius", "affinity_radius"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"loss {name} must be an integer >= 1, got {value!r}")
+
 
 @dataclass
 class Losses:

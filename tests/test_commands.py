@@ -279,6 +279,25 @@ def test_train_lr_scale_flags_are_checked_before_training(tmp_path, capsys):
     assert config["train"]["train_only"] == ["skip_gate"]
 
 
+def test_train_loss_flags_reach_the_run_and_are_checked_before_training(tmp_path, capsys):
+    data = _training_folder(tmp_path / "data")
+    argv = ["train", "--data", str(data), *TINY_RUN, "--iterations", "1"]
+    for bad, message in [
+        ("nope=1", "FIELD=VALUE with FIELD one of"),
+        ("affinity=-1", "loss weight affinity must be a number >= 0"),
+        ("boundary=true", "loss weight boundary must be a number >= 0"),
+        ("band_radius=2.5", "loss band_radius must be an integer >= 1"),
+    ]:
+        assert airm_main([*argv, "--out", str(tmp_path / "bad"), "--loss", bad]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    flags = ["--loss", "affinity=0", "--loss", "boundary=4"]
+    assert airm_main([*argv, "--out", str(tmp_path / "run"), *flags]) == 0
+    config = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    assert config["train"]["loss"]["affinity"] == 0 and config["train"]["loss"]["boundary"] == 4
+    assert config["train"]["loss"]["bce"] == 1.0  # the others keep their defaults
+
+
 def test_train_schedule_flags_reach_the_run(tmp_path):
     data = _training_folder(tmp_path / "data")
     argv = ["train", "--data", str(data), *TINY_RUN, "--iterations", "2", "--log-interval", "1"]

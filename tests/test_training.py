@@ -290,6 +290,18 @@ def test_losses_and_affinity_labels():
     perfect = refinement_losses(gt * 40 - 20, gt, LossWeights())
     wrong = refinement_losses(20 - gt * 40, gt, LossWeights())
     assert perfect.total < 0.05 < wrong.total
+    # A weight of zero (`train --loss affinity=0`) leaves the affinity loss reported but out of
+    # the total.
+    grid = torch.rand(1, 1, 32, 32, generator=generator)
+    with_affinity = refinement_losses(
+        grid, gt, LossWeights(), affinity=affinity, affinity_size=(2, 2)
+    )
+    without = refinement_losses(
+        grid, gt, LossWeights(affinity=0), affinity=affinity, affinity_size=(2, 2)
+    )
+    assert without.affinity.item() == with_affinity.affinity.item() > 0
+    expected = with_affinity.total - 0.2 * with_affinity.affinity
+    torch.testing.assert_close(without.total, expected)
 
 
 def test_resume_continues_exactly(big_folder, tmp_path):

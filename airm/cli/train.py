@@ -7,11 +7,13 @@ Several (DDP): `torchrun --nproc_per_node N train.py ...` (NCCL on GPUs, gloo on
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
 from airm.build import VARIANTS
 from airm.config import ModelConfig, field_overrides
+from airm.losses import LossWeights
 from airm.perturb import LOWRES_SIDES
 from airm.training import TrainConfig, train
 
@@ -114,6 +116,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "rank=8, hyper_input_norm=true, hidden_dims=[64,64])",
     )
     p.add_argument(
+        "--loss",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change a field of the loss weights (repeatable; e.g. affinity=0 to train "
+        "without the affinity loss, boundary=4; see airm.losses.LossWeights)",
+    )
+    p.add_argument(
         "--lr-scale",
         action="append",
         default=[],
@@ -194,6 +204,9 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         overrides = field_overrides(args.model, ModelConfig, "--model")
+        loss = dataclasses.replace(
+            LossWeights(), **dict(field_overrides(args.loss, LossWeights, "--loss"))
+        )
         lr_scales = tuple(_lr_scale(text) for text in args.lr_scale)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -202,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         data=tuple(args.data),
         out=args.out,
         model_overrides=overrides,
+        loss=loss,
         lr_scales=lr_scales,
         train_only=tuple(args.train_only),
         **{k: v for k, v in fields.items() if v is not None},
