@@ -300,7 +300,7 @@ def test_losses_and_affinity_labels():
         grid, gt, LossWeights(affinity=0), affinity=affinity, affinity_size=(2, 2)
     )
     assert without.affinity.item() == with_affinity.affinity.item() > 0
-    expected = with_affinity.total - 0.2 * with_affinity.affinity
+    expected = with_affinity.total - LossWeights().affinity * with_affinity.affinity
     torch.testing.assert_close(without.total, expected)
 
 
