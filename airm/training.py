@@ -104,6 +104,12 @@ class TrainConfig:
     # optimiser and the checkpoints stay float32, so --resume stays exact), or "auto":
     # bfloat16 where the hardware computes it natively (see `training_autocast`).
     precision: str = "auto"
+    # A torch.compile backend for the network's forward and backward ("inductor", PyTorch's
+    # own, fuses elementwise work into few kernels), or None: eager. A GPU step of this small
+    # network is bound by launching its kernels, not by their arithmetic (see the README's
+    # Training). The first two steps compile (minutes; the second for the query window's
+    # offsets, which then stay symbolic).
+    compile: str | None = None
     seed: int = 0
     log_interval: int = 20
     val_interval: int = 1000
@@ -251,6 +257,30 @@ def loader_workers(config: TrainConfig, world: int) -> int:
         return config.workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cores or 1) // world)
+
+
+def check_compile_backend(backend: str | None) -> None:
+    """Raise ValueError unless `backend` is None or a torch.compile backend of this PyTorch."""
+    if backend is None:
+        return
+    import torch._dynamo  # noqa: PLC0415 (2 s to import, and only --compile needs it)
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise ValueError(f"unknown torch.compile backend {backend!r}; choose from {known}")
+
+
+def adam(groups: list[dict], lr: float) -> torch.optim.Adam:
+    """Adam over `groups`, its update fused into one kernel where PyTorch has one (CUDA; CPUs
+    from PyTorch 2.4); the same update, to rounding. Unfused, a CPU step of it loops over the
+    parameters, about 1,800 operators for this network's 181 tensors (6.6 ms instead of 26 on
+    two cores), and a GPU step launches several multi-tensor kernels per group."""
+    fused = all(
+        p.device.type == "cuda" or (p.device.type == "cpu" and torch.__version__ >= "2.4")
+        for g in groups
+        for p in g["params"]
+    )
+    return torch.optim.Adam(groups, lr=lr, fused=fused or None)
 
 
 def training_autocast(config: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -530,6 +560,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
         )
     if config.ema_decay is not None and not 0 < config.ema_decay < 1:
         raise ValueError(f"ema_decay must lie between 0 and 1, got {config.ema_decay}")
+    check_compile_backend(config.compile)
     rank, world, device = _setup_distributed()
     if device.type == "cpu":
         retain_freed_memory()  # 1.23x faster steps on this project's CPU: see airm.allocator
@@ -554,7 +585,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
     # Channels-last convolutions are the fast ones on GPUs (and for oneDNN on CPUs).
     model.to(device=device, memory_format=torch.channels_last).train()
     freeze_all_but(model, config.train_only)
-    optimizer = torch.optim.Adam(parameter_groups(model, config.lr_scales), lr=config.lr)
+    optimizer = adam(parameter_groups(model, config.lr_scales), config.lr)
     start, best = 0, -math.inf
     if resuming:
         state = torch.load(last, map_location=device, weights_only=True)
@@ -571,6 +602,9 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
     # What validation scores and the run exports.
     exported = model if average is None else average.module
     net = DistributedDataParallel(model) if world > 1 else model
+    if config.compile:
+        # Around DDP, so that its buckets' communication stays between compiled graphs.
+        net = torch.compile(net, backend=config.compile)
 
     workers = loader_workers(config, world)
     items = training_items(config, threads=max(1, workers))

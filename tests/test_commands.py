@@ -298,6 +298,16 @@ def test_train_loss_flags_reach_the_run_and_are_checked_before_training(tmp_path
     assert config["train"]["loss"]["bce"] == 1.0  # the others keep their defaults
 
 
+def test_train_compile_flag_names_a_backend_checked_before_training(tmp_path, capsys):
+    data = _training_folder(tmp_path / "data")
+    argv = ["train", "--data", str(data), *TINY_RUN, "--iterations", "1"]
+    assert airm_main([*argv, "--out", str(tmp_path / "bad"), "--compile", "nope"]) == 2
+    assert "unknown torch.compile backend 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert train_cli.parse_args(argv[1:] + ["--out", "x", "--compile"]).compile == "inductor"
+    assert train_cli.parse_args(argv[1:] + ["--out", "x"]).compile is None
+
+
 def test_train_schedule_flags_reach_the_run(tmp_path):
     data = _training_folder(tmp_path / "data")
     argv = ["train", "--data", str(data), *TINY_RUN, "--iterations", "2", "--log-interval", "1"]

@@ -9,7 +9,7 @@ from airm import Refiner
 from airm.data import find_pairs
 from airm.inference import InferenceOptions, scale_sizes
 from airm.io import read_image, read_mask
-from tools import bench_loader, bench_train_step, coarse_set, window_area
+from tools import bench_loader, bench_train_step, coarse_set, step_kernels, window_area
 from tools.pack_data import main, pack
 
 from conftest import disc_pair, tiny_model
@@ -157,3 +157,13 @@ def test_coarse_set_makes_val_like_coarse_masks_per_source(tmp_path, capsys):
     assert coarse_set.main(argv) == 2
     assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "out" / "manifest.json").read_bytes() == before
+
+
+def test_step_kernels_counts_what_a_step_runs(tmp_path, capsys):
+    big_folder(tmp_path / "data", [(120, 160), (100, 90), (130, 130)])
+    argv = [str(tmp_path / "data"), "--batch-size", "2", "--warmup", "1", "--steps", "1"]
+    assert step_kernels.main([*argv, "--precision", "float32", "--backends", "eager"]) == 0
+    out = capsys.readouterr().out
+    assert "airm_efficientnet_lite0, batch 2, float32, on cpu" in out
+    count = int(out.split("eager: ")[1].split(" operators that compute")[0].replace(",", ""))
+    assert count > 500  # forward, loss and backward of a network of 61 convolutions

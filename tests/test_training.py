@@ -1,3 +1,4 @@
+import copy
 import functools
 import json
 import os
@@ -19,12 +20,15 @@ from airm.perturb import cascade_mask, lowres_mask, perturb_mask
 from airm.training import (
     StepSampler,
     TrainConfig,
+    adam,
     float32_depthwise,
     parameter_groups,
     run_record,
     train,
     training_autocast,
     training_items,
+    training_loader,
+    training_step,
 )
 
 from conftest import TINY, disc_pair, tiny_model
@@ -456,6 +460,89 @@ def test_bfloat16_training_learns_and_resumes_exactly(big_folder, tmp_path):
     assert any(not torch.equal(a[k], start[k]) for k in a)
     with pytest.raises(ValueError, match="precision"):
         train(config(tmp_path / "d", precision="float16"))
+
+
+def test_compiled_training_computes_what_eager_training_does(big_folder, tmp_path, monkeypatch):
+    """--compile traces forward and backward with torch.compile; here with the aot_eager
+    backend, which traces them as inductor does but generates no code (seconds on a CPU
+    instead of minutes). The same step's losses and gradients, to rounding, at two query
+    windows (the second compiles the windows' offsets as symbols); a compiled run logs the
+    eager run's losses and how it ran. An unknown backend is refused before anything is
+    written."""
+    config = tiny_config(big_folder, tmp_path, iterations=2)
+    batch = next(
+        iter(
+            training_loader(
+                training_items(config),
+                config,
+                rank=0,
+                world=1,
+                start=0,
+                stop=1,
+                workers=0,
+                pin_memory=False,
+            )
+        )
+    )
+    model = tiny_model("airm_efficientnet_lite0").train()
+    twin = copy.deepcopy(model)
+    compiled = torch.compile(twin, backend="aot_eager")
+    for window in [(0, 0, 32, 32), (24, 8, 32, 32)]:
+        losses = []
+        for net, params in [(model, model), (compiled, twin)]:
+            optimizer = torch.optim.SGD(params.parameters(), lr=0.0)  # gradients only
+            losses.append(
+                training_step(
+                    net, optimizer, batch, window, config, device=torch.device("cpu"), autocast=None
+                )
+            )
+        torch.testing.assert_close(losses[1].stacked(), losses[0].stacked())
+        # Some gradients are rounding noise (a bias before a batch norm), so the tolerance is
+        # set by the largest one.
+        scale = max(p.grad.abs().max().item() for p in model.parameters() if p.grad is not None)
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            if p.grad is not None:
+                torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5 * scale)
+
+    eager = train(tiny_config(big_folder, tmp_path / "e", iterations=2))
+    real_compile, backends = torch.compile, []
+
+    def spy(module, **kw):
+        backends.append(kw["backend"])
+        return real_compile(module, **kw)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    train(tiny_config(big_folder, tmp_path / "c", iterations=2, compile="aot_eager"))
+    assert backends == ["aot_eager"]
+    logs = [
+        [json.loads(x) for x in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+        for run in ("e", "c")
+    ]
+    totals = [[x["total"] for x in log if x["event"] == "train"] for log in logs]
+    assert len(totals[1]) == 2 and totals[1] == pytest.approx(totals[0], rel=1e-4)
+    assert logs[1][0]["train"]["compile"] == "aot_eager" and eager.is_file()
+    with pytest.raises(ValueError, match="unknown torch.compile backend 'nope'"):
+        train(tiny_config(big_folder, tmp_path / "x", compile="nope"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_adam_is_fused_where_pytorch_has_it_and_takes_the_same_steps():
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(7)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(3)]
+    ends = []
+    for make in (adam, lambda groups, lr: torch.optim.Adam(groups, lr=lr, foreach=False)):
+        params = [p.clone().requires_grad_() for p in start]
+        optimizer = make([{"params": params}], 0.1)
+        for step in grads:
+            for p, g in zip(params, step, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+        ends.append(params)
+    assert optimizer.defaults["fused"] is None  # the reference, unfused
+    assert adam([{"params": start}], 0.1).defaults["fused"] is (torch.__version__ >= "2.4")
+    for fused, plain in zip(*ends, strict=True):
+        torch.testing.assert_close(fused, plain)
 
 
 @pytest.mark.parametrize("variant", ["airm_efficientnet_lite0", "airm_mit_b0"])

@@ -15,7 +15,7 @@ from airm.build import VARIANTS
 from airm.config import ModelConfig, field_overrides
 from airm.losses import LossWeights
 from airm.perturb import LOWRES_SIDES
-from airm.training import TrainConfig, train
+from airm.training import TrainConfig, check_compile_backend, train
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -108,6 +108,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "CUDA, CPUs with AVX512-BF16 or AMX; float32 elsewhere)",
     )
     p.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        metavar="BACKEND",
+        help="run forward and backward through torch.compile (default backend: inductor); "
+        "for GPUs, whose steps are bound by kernel launches; the first steps compile",
+    )
+    p.add_argument(
         "--model",
         action="append",
         default=[],
@@ -195,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         "workers": args.workers,
         "cache_images": args.cache_images,
         "precision": args.precision,
+        "compile": args.compile,
         "ema_decay": args.ema_decay,
         "seed": args.seed,
         "log_interval": args.log_interval,
@@ -208,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
             LossWeights(), **dict(field_overrides(args.loss, LossWeights, "--loss"))
         )
         lr_scales = tuple(_lr_scale(text) for text in args.lr_scale)
+        check_compile_backend(args.compile)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
