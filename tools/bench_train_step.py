@@ -34,47 +34,12 @@ def measure(args: dict) -> dict:
     import torch
 
     from airm.allocator import retain_freed_memory
-    from airm.build import build_model
-    from airm.training import (
-        TrainConfig,
-        float32_depthwise,
-        query_window,
-        training_autocast,
-        training_items,
-        training_loader,
-        training_step,
-    )
+    from tools.step_setup import step_runner
 
     torch.set_num_threads(args["threads"])
     retained = args["mode"] == "retained" and retain_freed_memory()
-    config = TrainConfig(
-        data=tuple(args["data"]),
-        out="",
-        variant=args["variant"],
-        batch_size=args["batch_size"],
-        precision=args["precision"],
-        workers=0,
-    )
-    device = torch.device("cpu")
-    torch.manual_seed(0)
-    model = build_model(config.variant)
-    autocast = training_autocast(config, device)
-    if autocast == torch.bfloat16:
-        float32_depthwise(model)
-    model.to(memory_format=torch.channels_last).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
     steps = args["warmup"] + args["steps"]
-    items = training_items(config)
-    loader = training_loader(
-        items, config, rank=0, world=1, start=0, stop=steps, workers=0, pin_memory=False
-    )
-    batches = list(loader)
-
-    def step(i: int) -> None:
-        window = query_window(i + 1, config)
-        training_step(
-            model, optimizer, batches[i], window, config, device=device, autocast=autocast
-        )
+    step = step_runner(args, steps)
 
     for i in range(args["warmup"]):
         step(i)

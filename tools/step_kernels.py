@@ -68,18 +68,7 @@ def measure(args: dict) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from airm.build import build_model
-    from airm.training import (
-        TrainConfig,
-        adam,
-        float32_depthwise,
-        parameter_groups,
-        query_window,
-        training_autocast,
-        training_items,
-        training_loader,
-        training_step,
-    )
+    from tools.step_setup import step_runner
 
     if args["threads"]:
         torch.set_num_threads(args["threads"])
@@ -88,40 +77,8 @@ def measure(args: dict) -> dict:
 
         torch._inductor.config.cpp.enable_kernel_profile = True  # names its kernels
     device = torch.device(args["device"])
-    config = TrainConfig(
-        data=tuple(args["data"]),
-        out="",
-        variant=args["variant"],
-        batch_size=args["batch_size"],
-        precision=args["precision"],
-        workers=0,
-    )
-    torch.manual_seed(0)
-    model = build_model(config.variant).to(device=device, memory_format=torch.channels_last)
-    model.train()
-    autocast = training_autocast(config, device)
-    if device.type == "cpu" and autocast == torch.bfloat16:
-        float32_depthwise(model)
-    net = model if args["backend"] == "eager" else torch.compile(model, backend=args["backend"])
-    optimizer = adam(parameter_groups(model, ()), 1e-6)
     steps = args["warmup"] + 1 + args["steps"]
-    loader = training_loader(
-        training_items(config),
-        config,
-        rank=0,
-        world=1,
-        start=0,
-        stop=steps,
-        workers=0,
-        pin_memory=False,
-    )
-    batches = [tuple(t.to(device) for t in batch) for batch in loader]
-
-    def step(i: int) -> None:
-        window = query_window(i + 1, config)
-        training_step(net, optimizer, batches[i], window, config, device=device, autocast=autocast)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    step = step_runner(args, steps)
 
     for i in range(args["warmup"]):
         step(i)
