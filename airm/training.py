@@ -265,9 +265,11 @@ def check_compile_backend(backend: str | None) -> None:
         return
     import torch._dynamo  # noqa: PLC0415 (2 s to import, and only --compile needs it)
 
-    known = torch._dynamo.list_backends(exclude_tags=())
-    if backend not in known:
-        raise ValueError(f"unknown torch.compile backend {backend!r}; choose from {known}")
+    if backend not in torch._dynamo.list_backends(exclude_tags=()):  # debugging ones too
+        raise ValueError(
+            f"unknown torch.compile backend {backend!r}; choose from "
+            f"{torch._dynamo.list_backends()} (or a debugging one, such as aot_eager)"
+        )
 
 
 def adam(groups: list[dict], lr: float) -> torch.optim.Adam:
