@@ -104,12 +104,15 @@ class TrainConfig:
     # optimiser and the checkpoints stay float32, so --resume stays exact), or "auto":
     # bfloat16 where the hardware computes it natively (see `training_autocast`).
     precision: str = "auto"
-    # A torch.compile backend for the network's forward and backward ("inductor", PyTorch's
-    # own, fuses elementwise work into few kernels), or None: eager. A GPU step of this small
-    # network is bound by launching its kernels, not by their arithmetic (see the README's
-    # Training). The first two steps compile (minutes; the second for the query window's
-    # offsets, which then stay symbolic).
+    # A torch.compile backend for the network's forward and loss, and so their backward
+    # ("inductor", PyTorch's own, fuses elementwise work into few kernels), or None: eager. A
+    # GPU step of this small network is bound by launching its kernels, not by their
+    # arithmetic (see the README's Training). The first step compiles (minutes); the query
+    # window's offsets are tensors, so later windows run the same graph.
     compile: str | None = None
+    # inductor's mode (`torch._inductor.list_mode_options()`): "reduce-overhead" replays each
+    # step's kernels as CUDA graphs, one launch for all of them; None: inductor's default.
+    compile_mode: str | None = None
     seed: int = 0
     log_interval: int = 20
     val_interval: int = 1000
@@ -259,9 +262,12 @@ def loader_workers(config: TrainConfig, world: int) -> int:
     return max(1, (cores or 1) // world)
 
 
-def check_compile_backend(backend: str | None) -> None:
-    """Raise ValueError unless `backend` is None or a torch.compile backend of this PyTorch."""
+def check_compile(backend: str | None, mode: str | None = None) -> None:
+    """Raise ValueError unless `backend` is None or a torch.compile backend of this PyTorch,
+    and `mode` None or one of inductor's modes, with inductor."""
     if backend is None:
+        if mode is not None:
+            raise ValueError(f"compile mode {mode!r} needs a backend to compile with: inductor")
         return
     import torch._dynamo  # noqa: PLC0415 (2 s to import, and only --compile needs it)
 
@@ -270,6 +276,24 @@ def check_compile_backend(backend: str | None) -> None:
             f"unknown torch.compile backend {backend!r}; choose from "
             f"{torch._dynamo.list_backends()} (or a debugging one, such as aot_eager)"
         )
+    if mode is None:
+        return
+    import torch._inductor  # noqa: PLC0415
+
+    modes = list(torch._inductor.list_mode_options())
+    if mode not in modes or backend != "inductor":
+        raise ValueError(
+            f"compile mode {mode!r} with backend {backend!r}: modes are inductor's, one of {modes}"
+        )
+
+
+def uses_cuda_graphs(mode: str | None) -> bool:
+    """Whether inductor's `mode` replays compiled code as CUDA graphs."""
+    if mode is None:
+        return False
+    import torch._inductor  # noqa: PLC0415
+
+    return bool(torch._inductor.list_mode_options(mode).get("triton.cudagraphs"))
 
 
 def adam(groups: list[dict], lr: float) -> torch.optim.Adam:
@@ -331,32 +355,61 @@ def float32_depthwise(model: nn.Module) -> int:
     return swapped
 
 
+class TrainingObjective(nn.Module):
+    """What a training step differentiates: the loss terms of `net` (the model, or its DDP
+    wrapper) on a batch, queried in a window, the forward in `autocast` (bfloat16, or None:
+    float32) and the loss in float32. Forward and loss are one module so that `torch.compile`
+    traces them together: one graph a step, its elementwise work fused."""
+
+    def __init__(self, net: nn.Module, weights: LossWeights, autocast: torch.dtype | None) -> None:
+        super().__init__()
+        self.net, self.weights, self.autocast = net, weights, autocast
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        coarse: torch.Tensor,
+        gt: torch.Tensor,
+        window: tuple[torch.Tensor, torch.Tensor, int, int],
+    ) -> Losses:
+        """window: (top, left, height, width), top and left integer tensors on the batch's
+        device, so that every window runs the same compiled graph."""
+        top, left, height, width = window
+        device = image.device.type
+        with torch.autocast(
+            device, dtype=self.autocast or torch.bfloat16, enabled=bool(self.autocast)
+        ):
+            output = self.net(image, coarse, window=window)
+        rows = torch.arange(height, device=gt.device) + top
+        cols = torch.arange(width, device=gt.device) + left
+        return refinement_losses(
+            output.logits.float(),
+            gt.index_select(2, rows).index_select(3, cols),
+            self.weights,
+            affinity=None if output.affinity is None else output.affinity.float(),
+            affinity_size=output.affinity_size,
+        )
+
+
 def training_step(
-    net: nn.Module,
+    objective: nn.Module,
     optimizer: torch.optim.Optimizer,
     batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     window: tuple[int, int, int, int],
-    config: TrainConfig,
     *,
     device: torch.device,
-    autocast: torch.dtype | None,
 ) -> Losses:
-    """One optimiser step on a batch (image, coarse, gt) from the loader, queried in `window`
-    (see `query_window`); returns the losses, still on the device."""
+    """One optimiser step of `objective` (a `TrainingObjective`, or it compiled) on a batch
+    (image, coarse, gt) from the loader, queried in `window` (see `query_window`); returns
+    the losses, still on the device. Nothing here makes the host wait for the device."""
     image, coarse, gt = (
         t.to(device, non_blocking=True, memory_format=torch.channels_last) for t in batch
     )
-    with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=bool(autocast)):
-        output = net(image, coarse, window=window)
-    top, left, size, _ = window
-    gt = gt[..., top : top + size, left : left + size]
-    losses = refinement_losses(
-        output.logits.float(),
-        gt,
-        config.loss,
-        affinity=None if output.affinity is None else output.affinity.float(),
-        affinity_size=output.affinity_size,
-    )
+    offset = torch.tensor(window[:2])
+    if device.type == "cuda":
+        offset = offset.pin_memory()  # a copy from pageable memory would wait for the device
+    top, left = offset.to(device, non_blocking=True).unbind()
+    losses = objective(image, coarse, gt, (top, left, *window[2:]))
     optimizer.zero_grad(set_to_none=True)
     losses.total.backward()
     optimizer.step()
@@ -562,7 +615,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
         )
     if config.ema_decay is not None and not 0 < config.ema_decay < 1:
         raise ValueError(f"ema_decay must lie between 0 and 1, got {config.ema_decay}")
-    check_compile_backend(config.compile)
+    check_compile(config.compile, config.compile_mode)
     rank, world, device = _setup_distributed()
     if device.type == "cpu":
         retain_freed_memory()  # 1.23x faster steps on this project's CPU: see airm.allocator
@@ -604,9 +657,11 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
     # What validation scores and the run exports.
     exported = model if average is None else average.module
     net = DistributedDataParallel(model) if world > 1 else model
+    objective = TrainingObjective(net, config.loss, autocast)
     if config.compile:
         # Around DDP, so that its buckets' communication stays between compiled graphs.
-        net = torch.compile(net, backend=config.compile)
+        objective = torch.compile(objective, backend=config.compile, mode=config.compile_mode)
+    cuda_graphs = uses_cuda_graphs(config.compile_mode)
 
     workers = loader_workers(config, world)
     items = training_items(config, threads=max(1, workers))
@@ -656,14 +711,11 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
     for step, batch in enumerate(loader, start=start + 1):
         for group in optimizer.param_groups:
             group["lr"] = config.lr * group["lr_scale"] * lr_factor(step - 1, config)
+        if cuda_graphs:
+            # A new step: CUDA graphs may write over the last step's outputs (read by now).
+            torch.compiler.cudagraph_mark_step_begin()
         losses = training_step(
-            net,
-            optimizer,
-            batch,
-            query_window(step, config),
-            config,
-            device=device,
-            autocast=autocast,
+            objective, optimizer, batch, query_window(step, config), device=device
         )
         if average is not None:
             average.update(model, step=step)

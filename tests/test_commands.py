@@ -298,7 +298,7 @@ def test_train_loss_flags_reach_the_run_and_are_checked_before_training(tmp_path
     assert config["train"]["loss"]["bce"] == 1.0  # the others keep their defaults
 
 
-def test_train_compile_flag_names_a_backend_checked_before_training(tmp_path, capsys):
+def test_train_compile_flags_name_a_backend_and_mode_checked_before_training(tmp_path, capsys):
     data = _training_folder(tmp_path / "data")
     argv = ["train", "--data", str(data), *TINY_RUN, "--iterations", "1"]
     assert airm_main([*argv, "--out", str(tmp_path / "bad"), "--compile", "nope"]) == 2
@@ -306,6 +306,14 @@ def test_train_compile_flag_names_a_backend_checked_before_training(tmp_path, ca
     assert not (tmp_path / "bad").exists()
     assert train_cli.parse_args(argv[1:] + ["--out", "x", "--compile"]).compile == "inductor"
     assert train_cli.parse_args(argv[1:] + ["--out", "x"]).compile is None
+    bad_mode = ["--compile", "--compile-mode", "fastest"]
+    assert airm_main([*argv, "--out", str(tmp_path / "bad"), *bad_mode]) == 2
+    assert "compile mode 'fastest' with backend 'inductor'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    mode = train_cli.parse_args(
+        argv[1:] + ["--out", "x", "--compile", "--compile-mode", "reduce-overhead"]
+    )
+    assert (mode.compile, mode.compile_mode) == ("inductor", "reduce-overhead")
 
 
 def test_train_schedule_flags_reach_the_run(tmp_path):

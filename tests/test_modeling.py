@@ -100,12 +100,16 @@ def test_ensemble_weights_sum_to_one_and_are_bilinear_inside():
 
 
 def test_window_matches_full_query():
+    """A window's logits are the whole grid's there, its top and left given as integers or
+    as tensors (as training gives them, so that a compiled step has one graph)."""
     model = tiny_model("airm_efficientnet_lite0")
     image, mask = torch.rand(1, 3, 64, 64), torch.rand(1, 1, 64, 64)
     with torch.no_grad():
         full = model(image, mask).logits
         part = model(image, mask, window=(8, 16, 24, 20)).logits
+        held = model(image, mask, window=(torch.tensor(8), torch.tensor(16), 24, 20)).logits
     assert torch.allclose(full[..., 8:32, 16:36], part, atol=1e-5)
+    assert torch.equal(held, part)
 
 
 def test_mit_last_stage_at_stride16():

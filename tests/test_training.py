@@ -20,6 +20,7 @@ from airm.perturb import cascade_mask, lowres_mask, perturb_mask
 from airm.training import (
     StepSampler,
     TrainConfig,
+    TrainingObjective,
     adam,
     float32_depthwise,
     parameter_groups,
@@ -463,12 +464,14 @@ def test_bfloat16_training_learns_and_resumes_exactly(big_folder, tmp_path):
 
 
 def test_compiled_training_computes_what_eager_training_does(big_folder, tmp_path, monkeypatch):
-    """--compile traces forward and backward with torch.compile; here with the aot_eager
-    backend, which traces them as inductor does but generates no code (seconds on a CPU
-    instead of minutes). The same step's losses and gradients, to rounding, at two query
-    windows (the second compiles the windows' offsets as symbols); a compiled run logs the
-    eager run's losses and how it ran. An unknown backend is refused before anything is
-    written."""
+    """--compile traces forward and loss (and so their backward) with torch.compile; here
+    with the aot_eager backend, which traces them as inductor does but generates no code
+    (seconds on a CPU instead of minutes). The same step's losses and gradients, to rounding,
+    at three query windows, all run by the one graph compiled at the first (their offsets
+    are tensors); a compiled run logs the eager run's losses and how it ran. An unknown
+    backend, or a mode without inductor, is refused before anything is written."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
     config = tiny_config(big_folder, tmp_path, iterations=2)
     batch = next(
         iter(
@@ -486,15 +489,17 @@ def test_compiled_training_computes_what_eager_training_does(big_folder, tmp_pat
     )
     model = tiny_model("airm_efficientnet_lite0").train()
     twin = copy.deepcopy(model)
-    compiled = torch.compile(twin, backend="aot_eager")
-    for window in [(0, 0, 32, 32), (24, 8, 32, 32)]:
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(TrainingObjective(twin, config.loss, None), backend=counter)
+    for window in [(0, 0, 32, 32), (24, 8, 32, 32), (5, 30, 32, 32)]:
         losses = []
-        for net, params in [(model, model), (compiled, twin)]:
+        for objective, params in [
+            (TrainingObjective(model, config.loss, None), model),
+            (compiled, twin),
+        ]:
             optimizer = torch.optim.SGD(params.parameters(), lr=0.0)  # gradients only
             losses.append(
-                training_step(
-                    net, optimizer, batch, window, config, device=torch.device("cpu"), autocast=None
-                )
+                training_step(objective, optimizer, batch, window, device=torch.device("cpu"))
             )
         torch.testing.assert_close(losses[1].stacked(), losses[0].stacked())
         # Some gradients are rounding noise (a bias before a batch norm), so the tolerance is
@@ -503,6 +508,7 @@ def test_compiled_training_computes_what_eager_training_does(big_folder, tmp_pat
         for p, q in zip(model.parameters(), twin.parameters(), strict=True):
             if p.grad is not None:
                 torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5 * scale)
+    assert counter.frame_count == 1  # one graph, forward and loss, for every window
 
     eager = train(tiny_config(big_folder, tmp_path / "e", iterations=2))
     real_compile, backends = torch.compile, []
@@ -523,6 +529,10 @@ def test_compiled_training_computes_what_eager_training_does(big_folder, tmp_pat
     assert logs[1][0]["train"]["compile"] == "aot_eager" and eager.is_file()
     with pytest.raises(ValueError, match="unknown torch.compile backend 'nope'"):
         train(tiny_config(big_folder, tmp_path / "x", compile="nope"))
+    with pytest.raises(ValueError, match="modes are inductor's"):
+        train(tiny_config(big_folder, tmp_path / "x", compile="aot_eager", compile_mode="default"))
+    with pytest.raises(ValueError, match="needs a backend"):
+        train(tiny_config(big_folder, tmp_path / "x", compile_mode="reduce-overhead"))
     assert not (tmp_path / "x").exists()
 
 

@@ -7,12 +7,15 @@ A GPU step of this small network is bound by launching kernels, not by their ari
 the number of launches is what `train --compile` is meant to cut. Each backend ("eager": no
 compile) runs in a fresh process: the model of --variant with random weights, prepared as
 `train.py` prepares it (its Adam included), --warmup steps (the compiling ones), then one
-profiled step and --steps timed ones, on batches moved to the device beforehand. Printed per
-batch size and backend: on CUDA the kernels (and copies) the profiled step launched on the
-device, and how busy they kept it (their time over the median step's); on a CPU
+profiled step and --steps timed ones, on batches moved to the device beforehand (each step
+its own query window, as in training). Printed per
+batch size and backend: on CUDA the kernels (and copies) the profiled step ran on the
+device, the host's calls that launched them (one per kernel, or one per CUDA graph replayed
+with "inductor:reduce-overhead"), and how busy they kept the device (their time over the
+median step's); on a CPU
 the operators of forward, loss and backward that compute (views, allocations, metadata and
 the optimiser's per-parameter loop left out), the nearest thing it has; then the median
-seconds a step and samples a second.
+seconds a step, samples a second, and the seconds of each warm-up step (compiling).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.child import run_in_process  # noqa: E402
+
+# The CUDA runtime's and driver's calls that start work on the device (kernels, graphs).
+LAUNCH_CALLS = ("cudaLaunch", "cuLaunch", "cudaGraphLaunch", "cuGraphLaunch")
 
 # Operators that only allocate, view or describe tensors: no kernel on a GPU.
 NOT_COMPUTING = frozenset(
@@ -80,8 +86,11 @@ def measure(args: dict) -> dict:
     steps = args["warmup"] + 1 + args["steps"]
     step = step_runner(args, steps)
 
+    warmup = []
     for i in range(args["warmup"]):
+        tic = time.perf_counter()
         step(i)
+        warmup.append(time.perf_counter() - tic)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         step(args["warmup"])
@@ -89,8 +98,10 @@ def measure(args: dict) -> dict:
     on_device = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     if device.type == "cuda":
         launched = len(on_device)
+        calls = sum(1 for e in events if e.name.startswith(LAUNCH_CALLS))
     else:
         launched = sum(1 for e in events if _computes(e) and not _in_optimizer(e))
+        calls = None
     seconds = []
     for i in range(args["warmup"] + 1, steps):
         tic = time.perf_counter()
@@ -98,7 +109,13 @@ def measure(args: dict) -> dict:
         seconds.append(time.perf_counter() - tic)
     median = statistics.median(seconds)
     busy = sum(e.time_range.elapsed_us() for e in on_device) / 1e6 / median
-    return {"launched": launched, "seconds": median, "busy": busy if on_device else None}
+    return {
+        "launched": launched,
+        "calls": calls,
+        "seconds": median,
+        "warmup": warmup,
+        "busy": busy if on_device else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         "--backends",
         nargs="+",
         default=["eager", "inductor"],
-        help="eager (no compile) and torch.compile backends to compare",
+        help="eager (no compile) and torch.compile backends to compare, as BACKEND or "
+        "BACKEND:MODE (inductor:reduce-overhead: CUDA graphs)",
     )
     p.add_argument("--variant", default="airm_efficientnet_lite0", help="network variant")
     p.add_argument(
@@ -124,17 +142,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if min(args.warmup, args.steps, *args.batch_size) < 1 or args.threads < 0:
         p.error("--warmup, --steps and --batch-size must be at least 1, --threads at least 0")
-    kind = "kernels launched" if args.device.startswith("cuda") else "operators that compute"
+    kind = "kernels run" if args.device.startswith("cuda") else "operators that compute"
     for batch in args.batch_size:
         print(f"{args.variant}, batch {batch}, {args.precision}, on {args.device}")
         for backend in args.backends:
             job = {**vars(args), "batch_size": batch, "backend": backend}
             result = run_in_process(measure, job)
+            calls = "" if result["calls"] is None else f"{result['calls']:,} launch calls, "
+            busy = "" if result["busy"] is None else f", the GPU busy {result['busy']:.0%}"
             print(
-                f"{backend:>10}: {result['launched']:,} {kind} in a step, "
+                f"{backend:>10}: {result['launched']:,} {kind} in a step, {calls}"
                 f"{result['seconds'] * 1000:.1f} ms a step "
-                f"({batch / result['seconds']:,.0f} samples/s)"
-                + (f", the GPU busy {result['busy']:.0%}" if result["busy"] is not None else ""),
+                f"({batch / result['seconds']:,.0f} samples/s){busy}; warm-up steps "
+                + ", ".join(f"{t:.1f}" for t in result["warmup"])
+                + " s",
                 flush=True,
             )
     return 0

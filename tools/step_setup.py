@@ -12,12 +12,14 @@ def step_runner(args: dict, steps: int) -> Callable[[int], None]:
     with random weights (a step's speed does not depend on them), channels-last, in training
     mode, its depthwise convolutions float32 where CPU training makes them so, and Adam as
     training makes it. args["backend"], when set and not "eager", names the torch.compile
-    backend the step's forward and backward run through."""
+    backend the step's forward, loss and backward run through, as "BACKEND" or
+    "BACKEND:MODE" (inductor's mode: "inductor:reduce-overhead")."""
     import torch
 
     from airm.build import build_model
     from airm.training import (
         TrainConfig,
+        TrainingObjective,
         adam,
         float32_depthwise,
         parameter_groups,
@@ -26,6 +28,7 @@ def step_runner(args: dict, steps: int) -> Callable[[int], None]:
         training_items,
         training_loader,
         training_step,
+        uses_cuda_graphs,
     )
 
     device = torch.device(args.get("device", "cpu"))
@@ -43,8 +46,10 @@ def step_runner(args: dict, steps: int) -> Callable[[int], None]:
     if device.type == "cpu" and autocast == torch.bfloat16:
         float32_depthwise(model)
     model.to(device=device, memory_format=torch.channels_last).train()
-    backend = args.get("backend", "eager")
-    net = model if backend == "eager" else torch.compile(model, backend=backend)
+    backend, _, mode = args.get("backend", "eager").partition(":")
+    objective = TrainingObjective(model, config.loss, autocast)
+    if backend != "eager":
+        objective = torch.compile(objective, backend=backend, mode=mode or None)
     optimizer = adam(parameter_groups(model, ()), 1e-6)
     loader = training_loader(
         training_items(config),
@@ -59,8 +64,9 @@ def step_runner(args: dict, steps: int) -> Callable[[int], None]:
     batches = [tuple(t.to(device) for t in batch) for batch in loader]
 
     def step(i: int) -> None:
-        window = query_window(i + 1, config)
-        training_step(net, optimizer, batches[i], window, config, device=device, autocast=autocast)
+        if uses_cuda_graphs(mode or None):
+            torch.compiler.cudagraph_mark_step_begin()
+        training_step(objective, optimizer, batches[i], query_window(i + 1, config), device=device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 

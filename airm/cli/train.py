@@ -15,7 +15,7 @@ from airm.build import VARIANTS
 from airm.config import ModelConfig, field_overrides
 from airm.losses import LossWeights
 from airm.perturb import LOWRES_SIDES
-from airm.training import TrainConfig, check_compile_backend, train
+from airm.training import TrainConfig, check_compile, train
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -113,8 +113,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         const="inductor",
         default=None,
         metavar="BACKEND",
-        help="run forward and backward through torch.compile (default backend: inductor); "
-        "for GPUs, whose steps are bound by kernel launches; the first steps compile",
+        help="run forward, loss and backward through torch.compile (default backend: "
+        "inductor); for GPUs, whose steps are bound by kernel launches; the first step compiles",
+    )
+    p.add_argument(
+        "--compile-mode",
+        default=None,
+        metavar="MODE",
+        help="inductor's mode with --compile: reduce-overhead replays a step as CUDA graphs",
     )
     p.add_argument(
         "--model",
@@ -205,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
         "cache_images": args.cache_images,
         "precision": args.precision,
         "compile": args.compile,
+        "compile_mode": args.compile_mode,
         "ema_decay": args.ema_decay,
         "seed": args.seed,
         "log_interval": args.log_interval,
@@ -218,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
             LossWeights(), **dict(field_overrides(args.loss, LossWeights, "--loss"))
         )
         lr_scales = tuple(_lr_scale(text) for text in args.lr_scale)
-        check_compile_backend(args.compile)
+        check_compile(args.compile, args.compile_mode)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

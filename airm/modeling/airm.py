@@ -198,22 +198,24 @@ class AIRM(nn.Module):
         image: torch.Tensor,
         mask: torch.Tensor,
         *,
-        window: tuple[int, int, int, int] | None = None,
+        window: tuple[int | torch.Tensor, int | torch.Tensor, int, int] | None = None,
         chunk_size: int | None = None,
     ) -> AIRMOutput:
         """Dense refinement at the input's resolution (training and tests).
 
         image: (B, 3, H, W) in [0, 1]; mask: (B, 1, H, W) in [0, 1].
         window: (top, left, height, width) to query only that part of the pixel grid (training
-        samples queries this way, as LIIF does, to spend its time on the encoder too).
+        samples queries this way, as LIIF does, to spend its time on the encoder too); top and
+        left may be integer tensors (see `implicit_decoder.pixel_centres`).
         Returns logits (B, 1, h, w) for the window (the whole input by default).
         """
         b, _, height, width = image.shape
         top, left, win_h, win_w = window or (0, 0, height, width)
         encoded = self.encode(image, mask, with_affinity=self.training)
-        coords = implicit_decoder.pixel_centres(height, width, device=image.device)
-        coords = coords.reshape(height, width, 2)[top : top + win_h, left : left + win_w]
-        coords = coords.reshape(1, -1, 2).expand(b, -1, -1)
+        coords = implicit_decoder.pixel_centres(
+            height, width, window=(top, left, win_h, win_w), device=image.device
+        )
+        coords = coords.unsqueeze(0).expand(b, -1, -1)
         logits = self.query(encoded, coords, out_size=(height, width), chunk_size=chunk_size)
         return AIRMOutput(
             logits=logits.reshape(b, 1, win_h, win_w),

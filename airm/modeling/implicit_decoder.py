@@ -63,10 +63,20 @@ def prepare(features: torch.Tensor, params: list[LayerParams]) -> DecoderState:
     return DecoderState(feature_proj=proj.contiguous(), coord_weight=coord_w, params=params)
 
 
-def pixel_centres(height: int, width: int, *, device: torch.device | None = None) -> torch.Tensor:
-    """(height * width, 2) query coordinates (y, x) of every pixel centre, row-major."""
-    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) * (2.0 / height) - 1.0
-    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) * (2.0 / width) - 1.0
+def pixel_centres(
+    height: int,
+    width: int,
+    *,
+    window: tuple[int | torch.Tensor, int | torch.Tensor, int, int] | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """(h * w, 2) query coordinates (y, x) of the pixel centres of a (height, width) grid,
+    row-major: every pixel, or those of `window` (top, left, h, w). Its top and left may be
+    integer tensors on `device`: then a compiled training step sees the same graph for every
+    window (Python integers would be specialised on, or made symbols)."""
+    top, left, rows, cols = window or (0, 0, height, width)
+    ys = (torch.arange(rows, device=device) + top + 0.5) * (2.0 / height) - 1.0
+    xs = (torch.arange(cols, device=device) + left + 0.5) * (2.0 / width) - 1.0
     return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
 
 
