@@ -602,11 +602,25 @@ def _drop_records_after(log_path: Path, step: int) -> None:
         atomic_write(log_path, lambda tmp: Path(tmp).write_text("".join(f"{x}\n" for x in kept)))
 
 
-def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = None) -> Path:
-    """Train; returns the path of the final inference checkpoint.
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    stop_at: int | None = None,
+    time_limit: float | None = None,
+) -> Path:
+    """Train; returns the path of the final inference checkpoint, or, for a job that ended
+    before the last iteration, of the training state (`last.pt`) that `resume` continues.
 
     stop_at: end after this step (checkpointed) as an interrupted run would, without exporting.
+    time_limit: seconds this job may train, from the call (a short job on a lent or preemptible
+        machine): the run stops at the first log line past it (every `log_interval` steps,
+        where the host reads the device anyway), checkpointed, without exporting. The job can
+        outlast it by one log interval, a validation and a checkpoint.
     """
+    started = time.monotonic()
+    if time_limit is not None and not time_limit >= 0:
+        raise ValueError(f"time_limit must be a number of seconds >= 0, got {time_limit}")
     if config.variant not in VARIANTS:
         raise ValueError(f"unknown variant {config.variant!r}; choose from {sorted(VARIANTS)}")
     if not all(0 <= m <= 1 for m in config.lr_milestones):
@@ -707,7 +721,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
     # would make the host wait for each step's kernels, and a GPU then idles between steps.
     running = torch.zeros(len(Losses.NAMES), device=device)
     tic = time.time()
-    step = start
+    step, out_of_time = start, False
     for step, batch in enumerate(loader, start=start + 1):
         for group in optimizer.param_groups:
             group["lr"] = config.lr * group["lr_scale"] * lr_factor(step - 1, config)
@@ -739,8 +753,15 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
                 )
             running.zero_()
             tic = time.time()
+        out_of_time = (
+            time_limit is not None
+            and step % config.log_interval == 0
+            and _agreed(time.monotonic() - started >= time_limit, device, world)
+        )
         if rank == 0 and (
-            step % config.checkpoint_interval == 0 or step in (config.iterations, stop_at)
+            step % config.checkpoint_interval == 0
+            or step in (config.iterations, stop_at)
+            or out_of_time
         ):
             save_training_state(last, model, optimizer, step, config, best, average)
         if (
@@ -765,13 +786,25 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
                 save_model(exported, out / "best.safetensors", metadata={"step": str(step)})
             save_training_state(last, model, optimizer, step, config, best, average)
             tic = time.time()
+        if out_of_time:
+            break
     bar.close()
     final = out / "final.safetensors"
     if rank == 0 and step == config.iterations:
         save_model(exported, final, metadata={"step": str(step)})
     if rank == 0:
-        log({"event": "end", "step": step})
+        log({"event": "end", "step": step, **({"stopped": "time_limit"} if out_of_time else {})})
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return final
+    return final if step == config.iterations else last
+
+
+def _agreed(flag: bool, device: torch.device, world: int) -> bool:
+    """Rank 0's `flag` on every process (a collective: all ranks call it at the same step), so
+    that the processes of a DDP run stop at the same step."""
+    if world == 1:
+        return flag
+    shared = torch.tensor([flag], dtype=torch.uint8, device=device)
+    dist.broadcast(shared, src=0)
+    return bool(shared.item())

@@ -246,6 +246,19 @@ def test_airm_train_writes_the_weights_of_the_variant_asked(tmp_path, capsys):
     assert airm.load_model(out / "final.safetensors").config == airm.VARIANTS["airm_mit_b0"]()
 
 
+def test_train_time_limit_stops_a_job_that_resume_continues(tmp_path, capsys):
+    data, out = _training_folder(tmp_path / "data"), tmp_path / "run"
+    argv = ["train", "--data", str(data), "--out", str(out), *TINY_RUN, "--iterations", "2"]
+    assert airm_main([*argv, "--log-interval", "1", "--time-limit", "0"]) == 0
+    assert f"stopped at the time limit: {out / 'last.pt'}" in capsys.readouterr().out
+    assert not (out / "final.safetensors").exists()
+    assert airm_main([*argv, "--log-interval", "1", "--time-limit", "5", "--resume"]) == 0
+    assert f"final weights: {out / 'final.safetensors'}" in capsys.readouterr().out
+    assert airm_main([*argv, "--out", str(tmp_path / "bad"), "--time-limit", "-1"]) == 2
+    assert "--time-limit takes minutes >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_train_model_flags_change_the_model_config(tmp_path, capsys):
     data, out = _training_folder(tmp_path / "data"), tmp_path / "run"
     argv = ["train", "--data", str(data), "--out", str(out), *TINY_RUN, "--iterations", "1"]

@@ -611,7 +611,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world: int, port: int, config: TrainConfig) -> None:
+def _ddp_worker(
+    rank: int, world: int, port: int, config: TrainConfig, time_limits: tuple | None = None
+) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -620,7 +622,7 @@ def _ddp_worker(rank: int, world: int, port: int, config: TrainConfig) -> None:
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
-    train(config)
+    train(config, time_limit=time_limits[rank] if time_limits else None)
 
 
 def test_two_process_ddp_on_cpu(big_folder, tmp_path):
@@ -628,6 +630,29 @@ def test_two_process_ddp_on_cpu(big_folder, tmp_path):
     mp.spawn(_ddp_worker, args=(2, _free_port(), config), nprocs=2, join=True)
     model = load_model(tmp_path / "ddp" / "final.safetensors")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    # Out of time by rank 0's clock, not by rank 1's: both stop where rank 0 says.
+    config = tiny_config(big_folder, tmp_path / "limited", iterations=3, log_interval=2)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), config, (0.0, 1e9)), nprocs=2, join=True)
+    state = torch.load(tmp_path / "limited" / "last.pt", weights_only=True)
+    assert state["step"] == 2 and not (tmp_path / "limited" / "final.safetensors").exists()
+
+
+def test_a_time_limited_job_stops_at_a_log_line_and_resumes_exactly(big_folder, tmp_path):
+    """time_limit: the job stops at the first log line past it, checkpointed, without
+    exporting, and says so in its log; --resume then ends where a straight run does."""
+    straight = train(tiny_config(big_folder, tmp_path / "a", log_interval=3))
+    job = tiny_config(big_folder, tmp_path / "b", log_interval=3)
+    assert train(job, time_limit=0) == tmp_path / "b" / "last.pt"  # out of time at once
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 3
+    assert not (tmp_path / "b" / "final.safetensors").exists()
+    assert train(job, resume=True, time_limit=3600) == tmp_path / "b" / "final.safetensors"
+    assert not changed_tensors(straight, tmp_path / "b" / "final.safetensors")
+    records = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    ends = [r for r in records if r["event"] == "end"]
+    assert [(r["step"], r.get("stopped")) for r in ends] == [(3, "time_limit"), (4, None)]
+    with pytest.raises(ValueError, match="time_limit"):
+        train(tiny_config(big_folder, tmp_path / "x"), time_limit=-1)
+    assert not (tmp_path / "x").exists()
 
 
 def test_init_from_an_airm_checkpoint(big_folder, tmp_path):

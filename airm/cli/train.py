@@ -170,6 +170,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--checkpoint-interval", type=int, default=None, help="steps between checkpoints"
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if present")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="stop this job after MINUTES of training, at the next log line, checkpointed "
+        "(OUT/last.pt; --resume continues it): for short or preemptible jobs",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,7 +196,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train as the parsed flags say; the exit status (0 when the final weights are written)."""
+    """Train as the parsed flags say; the exit status (0 when the job ends as asked: the final
+    weights written, or stopped at --time-limit, checkpointed)."""
     fields = {
         "variant": args.variant,
         "val": args.val,
@@ -226,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
         )
         lr_scales = tuple(_lr_scale(text) for text in args.lr_scale)
         check_compile(args.compile, args.compile_mode)
+        if args.time_limit is not None and not args.time_limit >= 0:
+            raise ValueError(f"--time-limit takes minutes >= 0, got {args.time_limit}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -238,9 +249,14 @@ def run(args: argparse.Namespace) -> int:
         train_only=tuple(args.train_only),
         **{k: v for k, v in fields.items() if v is not None},
     )
-    final = train(config, resume=args.resume)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes the weights
-        print(f"final weights: {final}")
+    time_limit = None if args.time_limit is None else args.time_limit * 60
+    written = train(config, resume=args.resume, time_limit=time_limit)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes the weights
+        return 0
+    if written.suffix == ".safetensors":
+        print(f"final weights: {written}")
+    else:
+        print(f"stopped at the time limit: {written} continues the run with --resume")
     return 0
 
 
