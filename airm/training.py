@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from itertools import chain, pairwise
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -252,7 +253,16 @@ def training_loader(
         persistent_workers=False,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=_one_opencv_thread,
     )
+
+
+def _one_opencv_thread(worker_id: int) -> None:
+    """A loader worker makes its items on one thread: OpenCV's own pool (a thread per core by
+    default) would set every worker's resizes and morphology against the other workers' for
+    the cores. With 2 workers of 16 OpenCV threads each on 2 cores (as 15 workers on 16
+    cores), 1.12-1.28x more samples/s (README, Training). The items are the same."""
+    cv2.setNumThreads(1)
 
 
 def loader_workers(config: TrainConfig, world: int) -> int:

@@ -434,6 +434,28 @@ def test_the_weights_average_is_validated_exported_and_resumed_exactly(big_folde
     assert not (tmp_path / "bad").exists()  # refused before anything is written
 
 
+class _ThreadsSeen(RefinementDataset):
+    """Items that say how many threads OpenCV has where they are made."""
+
+    def __getitem__(self, index):
+        return torch.tensor(cv2.getNumThreads())
+
+
+def test_loader_workers_make_items_with_one_opencv_thread(big_folder, tmp_path):
+    config = tiny_config(big_folder, tmp_path, iterations=2)
+    items = _ThreadsSeen(find_pairs(big_folder), crop_size=64)
+    loader = training_loader(
+        items, config, rank=0, world=1, start=0, stop=2, workers=1, pin_memory=False
+    )
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)  # what forked workers would inherit without the loader's setting
+    try:
+        assert [batch.tolist() for batch in loader] == [[1, 1], [1, 1]]
+        assert cv2.getNumThreads() == 2  # the training process keeps its own
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_training_from_cached_pairs_gives_the_same_weights(big_folder, tmp_path):
     decoded = train(tiny_config(big_folder, tmp_path / "a"))
     cached = train(tiny_config(big_folder, tmp_path / "b", cache_images=True, workers=1))
