@@ -246,23 +246,44 @@ def training_loader(
         start_step=start,
         iterations=stop,
     )
-    return DataLoader(
+    return ItemLoader(
         EpochIndexedDataset(items),
         batch_sampler=sampler,
         num_workers=workers,
         persistent_workers=False,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers > 0 else None,
-        worker_init_fn=_one_opencv_thread,
     )
 
 
+class ItemLoader(DataLoader):
+    """A DataLoader whose worker processes make their items on one OpenCV thread each.
+
+    OpenCV gives every process a pool of a thread per core, so N workers would set N pools
+    against one another for the cores (15 workers on a 16-core GPU host: 240 threads). Imitated
+    with 2 workers of 16 OpenCV threads each on 2 cores, one thread each made 1.12-1.28x more
+    samples/s (README, Training); the items are the same. Forked workers inherit the setting,
+    made here around their start: setting it inside a forked worker can wait forever on the
+    pool threads the parent had, which the child does not. Spawned workers set it themselves.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, worker_init_fn=_one_opencv_thread, **kwargs)
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        before = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            return super().__iter__()  # starts (forks) the workers
+        finally:
+            cv2.setNumThreads(before)
+
+
 def _one_opencv_thread(worker_id: int) -> None:
-    """A loader worker makes its items on one thread: OpenCV's own pool (a thread per core by
-    default) would set every worker's resizes and morphology against the other workers' for
-    the cores. With 2 workers of 16 OpenCV threads each on 2 cores (as 15 workers on 16
-    cores), 1.12-1.28x more samples/s (README, Training). The items are the same."""
-    cv2.setNumThreads(1)
+    if cv2.getNumThreads() != 1:  # a spawned worker; a forked one inherited 1
+        cv2.setNumThreads(1)
 
 
 def loader_workers(config: TrainConfig, world: int) -> int:

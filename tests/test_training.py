@@ -442,16 +442,23 @@ class _ThreadsSeen(RefinementDataset):
 
 
 def test_loader_workers_make_items_with_one_opencv_thread(big_folder, tmp_path):
+    """Workers forked from a process whose OpenCV pool has run (setting the threads inside
+    such a worker waits forever) make their items on one OpenCV thread; the training process
+    keeps its own setting."""
     config = tiny_config(big_folder, tmp_path, iterations=2)
     items = _ThreadsSeen(find_pairs(big_folder), crop_size=64)
     loader = training_loader(
         items, config, rank=0, world=1, start=0, stop=2, workers=1, pin_memory=False
     )
+    loader.timeout = 60  # a worker stuck at its start fails the test instead of hanging it
     before = cv2.getNumThreads()
     cv2.setNumThreads(2)  # what forked workers would inherit without the loader's setting
     try:
+        big = np.random.default_rng(0).random((1500, 1500), dtype=np.float32)
+        for _ in range(5):  # the pool's threads at work in this process
+            cv2.GaussianBlur(big, (0, 0), 5)
         assert [batch.tolist() for batch in loader] == [[1, 1], [1, 1]]
-        assert cv2.getNumThreads() == 2  # the training process keeps its own
+        assert cv2.getNumThreads() == 2
     finally:
         cv2.setNumThreads(before)
 
