@@ -81,7 +81,12 @@ def measure(args: dict) -> dict:
     if args["device"] == "cpu":
         import torch._inductor.config  # noqa: PLC0415
 
+        from airm.allocator import retain_freed_memory  # noqa: PLC0415
+
         torch._inductor.config.cpp.enable_kernel_profile = True  # names its kernels
+        # As `train` runs on a CPU: without it the eager step's large tensors cost it page
+        # faults that compiled code, which reuses its buffers, mostly does not pay.
+        retain_freed_memory()
     device = torch.device(args["device"])
     steps = args["warmup"] + 1 + args["steps"]
     step = step_runner(args, steps)
