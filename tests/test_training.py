@@ -11,6 +11,7 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
+import airm
 from airm import load_model, metrics
 from airm.checkpoint import read_checkpoint
 from airm.data import RefinementDataset, find_pairs, make_coarse
@@ -490,6 +491,33 @@ def test_bfloat16_training_learns_and_resumes_exactly(big_folder, tmp_path):
     assert any(not torch.equal(a[k], start[k]) for k in a)
     with pytest.raises(ValueError, match="precision"):
         train(config(tmp_path / "d", precision="float16"))
+
+
+@pytest.mark.parametrize("variant", sorted(set(airm.VARIANTS) - {"airm_efficientnet_lite0"}))
+def test_every_variant_trains_compiled_in_one_graph(variant):
+    """The equal-budget runs train each variant with --compile: forward and loss traced whole
+    (aot_eager, as inductor traces), one graph for every query window, eager's losses. (The
+    default variant's gradients and compiled train() runs: the test below.)"""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()  # a graph of another variant's shared code is not this one's
+    model = tiny_model(variant).train()
+    eager = TrainingObjective(model, LossWeights(), None)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(
+        TrainingObjective(copy.deepcopy(model), LossWeights(), None), backend=counter
+    )
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 64, 64, generator=generator)
+    coarse, gt = torch.rand(2, 2, 1, 64, 64, generator=generator)
+    gt = (gt > 0.5).float()
+    for top, left in [(0, 0), (24, 8), (5, 30)]:
+        window = (torch.tensor(top), torch.tensor(left), 32, 32)
+        torch.testing.assert_close(
+            compiled(image, coarse, gt, window).stacked(),
+            eager(image, coarse, gt, window).stacked(),
+        )
+    assert counter.frame_count == 1
 
 
 def test_compiled_training_computes_what_eager_training_does(big_folder, tmp_path, monkeypatch):
