@@ -63,8 +63,10 @@ def step_runner(args: dict, steps: int) -> Callable[[int], None]:
     )
     batches = [tuple(t.to(device) for t in batch) for batch in loader]
 
+    cuda_graphs = uses_cuda_graphs(mode or None)
+
     def step(i: int) -> None:
-        if uses_cuda_graphs(mode or None):
+        if cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
         training_step(objective, optimizer, batches[i], query_window(i + 1, config), device=device)
         if device.type == "cuda":
