@@ -255,8 +255,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if written.suffix == ".safetensors":
         print(f"final weights: {written}")
-    else:
-        print(f"stopped at the time limit: {written} continues the run with --resume")
+    else:  # last.pt: the job ended before the run's last iteration
+        why = "stopped at the time limit" if time_limit is not None else "not finished"
+        print(f"{why}: {written} continues the run with --resume")
     return 0
 
 
