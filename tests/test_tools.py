@@ -2,6 +2,7 @@ import json
 import tarfile
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -167,3 +168,13 @@ def test_step_kernels_counts_what_a_step_runs(tmp_path, capsys):
     assert "airm_efficientnet_lite0, batch 2, float32, on cpu" in out
     count = int(out.split("eager: ")[1].split(" operators that compute")[0].replace(",", ""))
     assert count > 500  # forward, loss and backward of a network of 61 convolutions
+
+
+@pytest.mark.parametrize("backend", ["inductr", "inductor:fast", "eager:reduce-overhead"])
+def test_step_kernels_refuses_an_unknown_backend_before_starting(tmp_path, capsys, backend):
+    with pytest.raises(SystemExit) as exc:
+        step_kernels.main([str(tmp_path), "--backends", "eager", backend])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--backends {backend}:" in err
+    assert "Traceback" not in err
