@@ -422,6 +422,34 @@ class TrainingObjective(nn.Module):
         )
 
 
+def prepare_model(
+    model: nn.Module, config: TrainConfig, device: torch.device
+) -> torch.dtype | None:
+    """Make `model` what a training step runs, in place: on `device`, channels-last (the fast
+    convolutions on GPUs, and oneDNN's on CPUs), in training mode, its depthwise convolutions
+    float32 where a CPU trains in bfloat16 (`float32_depthwise`). Returns the steps' autocast
+    dtype (None: float32)."""
+    autocast = training_autocast(config, device)
+    if device.type == "cpu" and autocast == torch.bfloat16:
+        float32_depthwise(model)
+    model.to(device=device, memory_format=torch.channels_last).train()
+    return autocast
+
+
+def step_objective(
+    net: nn.Module, config: TrainConfig, autocast: torch.dtype | None
+) -> tuple[nn.Module, bool]:
+    """What `training_step` calls for `net` (the model, or its DDP wrapper): its
+    `TrainingObjective`, through `torch.compile` with config.compile's backend and mode when
+    one is named; and whether that compiled code replays CUDA graphs, in which case each step
+    must begin with `torch.compiler.cudagraph_mark_step_begin()`."""
+    objective = TrainingObjective(net, config.loss, autocast)
+    if config.compile:
+        # Around DDP's wrapper, so that its buckets' communication stays between graphs.
+        objective = torch.compile(objective, backend=config.compile, mode=config.compile_mode)
+    return objective, uses_cuda_graphs(config.compile_mode)
+
+
 def training_step(
     objective: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -679,11 +707,7 @@ def train(
         load_encoder_rgb_weights(model, config.encoder_weights)
     if config.init and not resuming:
         load_initial_weights(model, config.init)
-    autocast = training_autocast(config, device)
-    if device.type == "cpu" and autocast == torch.bfloat16:
-        float32_depthwise(model)
-    # Channels-last convolutions are the fast ones on GPUs (and for oneDNN on CPUs).
-    model.to(device=device, memory_format=torch.channels_last).train()
+    autocast = prepare_model(model, config, device)
     freeze_all_but(model, config.train_only)
     optimizer = adam(parameter_groups(model, config.lr_scales), config.lr)
     start, best = 0, -math.inf
@@ -702,11 +726,7 @@ def train(
     # What validation scores and the run exports.
     exported = model if average is None else average.module
     net = DistributedDataParallel(model) if world > 1 else model
-    objective = TrainingObjective(net, config.loss, autocast)
-    if config.compile:
-        # Around DDP, so that its buckets' communication stays between compiled graphs.
-        objective = torch.compile(objective, backend=config.compile, mode=config.compile_mode)
-    cuda_graphs = uses_cuda_graphs(config.compile_mode)
+    objective, cuda_graphs = step_objective(net, config, autocast)
 
     workers = loader_workers(config, world)
     items = training_items(config, threads=max(1, workers))

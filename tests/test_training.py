@@ -25,7 +25,9 @@ from airm.training import (
     adam,
     float32_depthwise,
     parameter_groups,
+    prepare_model,
     run_record,
+    step_objective,
     train,
     training_autocast,
     training_items,
@@ -518,6 +520,32 @@ def test_every_variant_trains_compiled_in_one_graph(variant):
             eager(image, coarse, gt, window).stacked(),
         )
     assert counter.frame_count == 1
+
+
+def test_train_and_the_step_tools_prepare_a_step_from_the_config_alone(tmp_path):
+    """`prepare_model` and `step_objective` are how `train` and `tools/step_setup.py` both
+    make a step, so what the tools measure is what training runs: channels-last, training
+    mode, float32 depthwise convolutions only for bfloat16 on a CPU; compiled only when the
+    config names a backend (lazily: nothing compiles here), CUDA graphs only with
+    reduce-overhead."""
+    cpu = torch.device("cpu")
+    for precision, swapped in [("float32", False), ("bfloat16", True)]:
+        model = tiny_model("airm_efficientnet_lite0").eval()
+        config = tiny_config(tmp_path, tmp_path, precision=precision)
+        autocast = prepare_model(model, config, cpu)
+        assert autocast == (torch.bfloat16 if swapped else None)
+        assert model.training
+        assert float32_depthwise(model) == 0 if swapped else float32_depthwise(model) > 0
+        weight = next(p for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+        assert weight.is_contiguous(memory_format=torch.channels_last)
+    model = tiny_model("airm_efficientnet_lite0")
+    objective, graphs = step_objective(model, tiny_config(tmp_path, tmp_path), None)
+    assert type(objective) is TrainingObjective and not graphs
+    config = tiny_config(tmp_path, tmp_path, compile="aot_eager")
+    objective, graphs = step_objective(model, config, None)
+    assert isinstance(objective._orig_mod, TrainingObjective) and not graphs
+    config = tiny_config(tmp_path, tmp_path, compile="inductor", compile_mode="reduce-overhead")
+    assert step_objective(model, config, None)[1]
 
 
 def test_compiled_training_computes_what_eager_training_does(big_folder, tmp_path, monkeypatch):

@@ -11,27 +11,27 @@ def step_runner(args: dict, steps: int) -> Callable[[int], None]:
     `steps` on its batch, moved to args["device"] beforehand; the model of args["variant"]
     with random weights (a step's speed does not depend on them), channels-last, in training
     mode, its depthwise convolutions float32 where CPU training makes them so, and Adam as
-    training makes it. args["backend"], when set and not "eager", names the torch.compile
-    backend the step's forward, loss and backward run through, as "BACKEND" or
-    "BACKEND:MODE" (inductor's mode: "inductor:reduce-overhead")."""
+    training makes it: `airm.training.prepare_model` and `step_objective`, which `train` calls.
+    args["backend"], when set and not "eager", names the torch.compile backend the step's
+    forward, loss and backward run through, as "BACKEND" or "BACKEND:MODE" (inductor's mode:
+    "inductor:reduce-overhead")."""
     import torch
 
     from airm.build import build_model
     from airm.training import (
         TrainConfig,
-        TrainingObjective,
         adam,
-        float32_depthwise,
         parameter_groups,
+        prepare_model,
         query_window,
-        training_autocast,
+        step_objective,
         training_items,
         training_loader,
         training_step,
-        uses_cuda_graphs,
     )
 
     device = torch.device(args.get("device", "cpu"))
+    backend, _, mode = args.get("backend", "eager").partition(":")
     config = TrainConfig(
         data=tuple(args["data"]),
         out="",
@@ -39,17 +39,12 @@ def step_runner(args: dict, steps: int) -> Callable[[int], None]:
         batch_size=args["batch_size"],
         precision=args["precision"],
         workers=0,
+        compile=None if backend == "eager" else backend,
+        compile_mode=mode or None,
     )
     torch.manual_seed(0)
     model = build_model(config.variant)
-    autocast = training_autocast(config, device)
-    if device.type == "cpu" and autocast == torch.bfloat16:
-        float32_depthwise(model)
-    model.to(device=device, memory_format=torch.channels_last).train()
-    backend, _, mode = args.get("backend", "eager").partition(":")
-    objective = TrainingObjective(model, config.loss, autocast)
-    if backend != "eager":
-        objective = torch.compile(objective, backend=backend, mode=mode or None)
+    objective, cuda_graphs = step_objective(model, config, prepare_model(model, config, device))
     optimizer = adam(parameter_groups(model, ()), 1e-6)
     loader = training_loader(
         training_items(config),
@@ -62,8 +57,6 @@ def step_runner(args: dict, steps: int) -> Callable[[int], None]:
         pin_memory=False,
     )
     batches = [tuple(t.to(device) for t in batch) for batch in loader]
-
-    cuda_graphs = uses_cuda_graphs(mode or None)
 
     def step(i: int) -> None:
         if cuda_graphs:
