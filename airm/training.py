@@ -6,7 +6,8 @@
   `weights_only=True`; `--resume` continues from it exactly (same schedule, same data order
   and augmentations, as these derive from the step);
 - `best.safetensors` / `final.safetensors`: inference checkpoints (see `airm.checkpoint`), of
-  the weights' moving average when `ema_decay` is set;
+  the weights' moving average when `ema_decay` is set (`export_training_state`, `airm export`,
+  writes one from `last.pt` of a run that has not finished);
 - `log.jsonl`: one JSON object per logged step or validation, and one where each job starts
   and ends (the step, the time, what it ran on), from which `run_record` reads a run's samples,
   wall time and hardware across the short jobs that may make it.
@@ -19,6 +20,7 @@ import functools
 import json
 import math
 import os
+import pickle
 import platform
 import time
 from collections.abc import Iterator
@@ -30,6 +32,7 @@ import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import safe_open
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -38,7 +41,7 @@ from tqdm import tqdm
 
 from airm.allocator import retain_freed_memory
 from airm.build import VARIANTS, build_model
-from airm.checkpoint import load_initial_weights, save_model
+from airm.checkpoint import CheckpointError, load_initial_weights, load_state, save_model
 from airm.config import ModelConfig
 from airm.data import Pair, RefinementDataset, find_pairs, spread_pairs
 from airm.inference import InferenceOptions, autocast_dtype
@@ -556,6 +559,43 @@ def save_training_state(
         "train_config": config.to_json(),
     }
     atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def export_training_state(state: str | os.PathLike, out: str | os.PathLike) -> int:
+    """Write the inference checkpoint of a training state (`last.pt`) to `out`, as `train`
+    exports one (safetensors, atomically): the weights' moving average where the run keeps one,
+    else the weights. For a run stopped before its last iteration (a time limit, a lease that
+    ended), whose `final.safetensors` is not written yet. Returns the state's step; raises
+    `CheckpointError` for a file that is not a readable airm training state."""
+    path = Path(state)
+    if not path.is_file():
+        raise CheckpointError(f"training state not found: {path}")
+    if Path(out).resolve() == path.resolve():
+        raise CheckpointError(f"the checkpoint would overwrite the training state {path}")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable training state (last.pt): {e}") from None
+    if isinstance(saved, dict) and "model_config" not in saved and _is_safetensors(path):
+        raise CheckpointError(f"{path} is an inference checkpoint already, not a training state")
+    try:
+        config = ModelConfig.from_json(saved["model_config"])
+        weights, step = saved.get("average", saved["model"]), int(saved["step"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path} is not an airm training state (last.pt): {e!r}") from None
+    model = build_model(config)
+    load_state(model, weights, source=str(path))
+    save_model(model, out, metadata={"step": str(step)})
+    return step
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Whether `path` is a safetensors file (which `torch.load` reads too, as a plain dict)."""
+    try:
+        with safe_open(str(path), framework="pt"):
+            return True
+    except Exception:  # noqa: BLE001 (any failure to open it says no)
+        return False
 
 
 def _setup_distributed() -> tuple[int, int, torch.device]:

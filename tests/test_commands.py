@@ -259,6 +259,21 @@ def test_train_time_limit_stops_a_job_that_resume_continues(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_airm_export_writes_the_weights_of_a_job_stopped_early(tmp_path, capsys):
+    data, out = _training_folder(tmp_path / "data"), tmp_path / "run"
+    argv = ["train", "--data", str(data), "--out", str(out), *TINY_RUN, "--iterations", "2"]
+    assert airm_main([*argv, "--log-interval", "1", "--time-limit", "0"]) == 0
+    assert f"`airm export {out / 'last.pt'} WEIGHTS.safetensors`" in capsys.readouterr().out
+    weights = tmp_path / "w.safetensors"
+    assert airm_main(["export", str(out / "last.pt"), str(weights)]) == 0
+    assert capsys.readouterr().out.strip() == f"weights of step 1: {weights}"
+    assert airm.load_model(weights).config == airm.VARIANTS["airm_efficientnet_lite0"]()
+    assert airm_main(["export", str(weights), str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "an inference checkpoint already" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x.safetensors").exists()
+
+
 def test_train_model_flags_change_the_model_config(tmp_path, capsys):
     data, out = _training_folder(tmp_path / "data"), tmp_path / "run"
     argv = ["train", "--data", str(data), "--out", str(out), *TINY_RUN, "--iterations", "1"]

@@ -13,7 +13,7 @@ from PIL import Image
 
 import airm
 from airm import load_model, metrics
-from airm.checkpoint import read_checkpoint
+from airm.checkpoint import CheckpointError, read_checkpoint
 from airm.data import RefinementDataset, find_pairs, make_coarse
 from airm.losses import LossWeights, affinity_labels, affinity_loss, refinement_losses
 from airm.morphology import nonzero_points
@@ -23,6 +23,7 @@ from airm.training import (
     TrainConfig,
     TrainingObjective,
     adam,
+    export_training_state,
     float32_depthwise,
     parameter_groups,
     prepare_model,
@@ -435,6 +436,38 @@ def test_the_weights_average_is_validated_exported_and_resumed_exactly(big_folde
     with pytest.raises(ValueError, match="ema_decay"):
         train(config(tmp_path / "bad", ema_decay=1.0))
     assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+def test_an_unfinished_run_exports_what_its_final_checkpoint_would_hold(big_folder, tmp_path):
+    """`export_training_state` writes from last.pt the weights `train` exports: the moving
+    average where the run keeps one (a finished run's last.pt gives its final.safetensors to
+    the bit), else the trained weights; files that are not a training state are refused."""
+    config = functools.partial(tiny_config, big_folder, iterations=3)
+    final = read_checkpoint(train(config(tmp_path / "ema", ema_decay=0.6)))
+    assert export_training_state(tmp_path / "ema" / "last.pt", tmp_path / "ema.safetensors") == 3
+    exported = read_checkpoint(tmp_path / "ema.safetensors")
+    assert exported[0] == final[0] and exported[2]["step"] == "3"
+    assert all(torch.equal(v, final[1][k]) for k, v in exported[1].items())
+    train(config(tmp_path / "plain"), stop_at=2)
+    state = torch.load(tmp_path / "plain" / "last.pt", weights_only=True)
+    assert export_training_state(tmp_path / "plain" / "last.pt", tmp_path / "p.safetensors") == 2
+    assert all(
+        torch.equal(v, state["model"][k])
+        for k, v in read_checkpoint(tmp_path / "p.safetensors")[1].items()
+    )
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    torch.save({"step": 1}, tmp_path / "dict.pt")
+    for bad, message in [
+        (tmp_path / "missing.pt", "not found"),
+        (tmp_path / "junk.pt", "not a readable training state"),
+        (tmp_path / "dict.pt", "not an airm training state"),
+        (tmp_path / "ema.safetensors", "an inference checkpoint already"),
+    ]:
+        with pytest.raises(CheckpointError, match=message):
+            export_training_state(bad, tmp_path / "out.safetensors")
+    with pytest.raises(CheckpointError, match="would overwrite"):
+        export_training_state(tmp_path / "ema" / "last.pt", tmp_path / "ema" / "last.pt")
+    assert not (tmp_path / "out.safetensors").exists()
 
 
 class _ThreadsSeen(RefinementDataset):

@@ -1,8 +1,9 @@
-"""The `airm` command (also `python -m airm`): `airm refine ...`, `airm train ...`.
+"""The `airm` command (also `python -m airm`): `airm refine ...`, `airm train ...`,
+`airm export ...`.
 
-Each subcommand takes the flags of its script (`refine.py`, `train.py`), parsed by the same
-code (`airm.cli.refine`, `airm.cli.train`), and exits as it does: 0 when all went well, 1 when
-an input failed, 2 when the command itself is wrong.
+`refine` and `train` take the flags of their scripts (`refine.py`, `train.py`), parsed by the
+same code (`airm.cli.refine`, `airm.cli.train`), and exit as they do: 0 when all went well, 1
+when an input failed, 2 when the command itself is wrong (for `export`, its training state).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from airm import __version__
-from airm.cli import refine, train
+from airm.cli import export, refine, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_arguments(train_parser)
     train_parser.set_defaults(run=train.run)
+    export_parser = commands.add_parser(
+        "export",
+        help="write the weights of an unfinished training run (its last.pt)",
+        description=export.DESCRIPTION,
+    )
+    export.add_arguments(export_parser)
+    export_parser.set_defaults(run=export.run)
     return p
 
 

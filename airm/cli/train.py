@@ -257,7 +257,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"final weights: {written}")
     else:  # last.pt: the job ended before the run's last iteration
         why = "stopped at the time limit" if time_limit is not None else "not finished"
-        print(f"{why}: {written} continues the run with --resume")
+        print(
+            f"{why}: {written} continues the run with --resume; "
+            f"`airm export {written} WEIGHTS.safetensors` writes its weights"
+        )
     return 0
 
 
