@@ -22,28 +22,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"airm {__version__}")
     commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    refine_parser = commands.add_parser(
-        "refine",
-        help="refine a mask, or folders of them (what refine.py does)",
-        description=refine.DESCRIPTION,
-    )
-    refine.add_arguments(refine_parser)
-    refine_parser.set_defaults(run=refine.run)
-    train_parser = commands.add_parser(
-        "train",
-        help="train a model (what train.py does)",
-        description=train.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    train.add_arguments(train_parser)
-    train_parser.set_defaults(run=train.run)
-    export_parser = commands.add_parser(
-        "export",
-        help="write the weights of an unfinished training run (its last.pt)",
-        description=export.DESCRIPTION,
-    )
-    export.add_arguments(export_parser)
-    export_parser.set_defaults(run=export.run)
+    plain, verbatim = argparse.HelpFormatter, argparse.RawDescriptionHelpFormatter
+    for name, module, summary, formatter in (
+        ("refine", refine, "refine a mask, or folders of them (what refine.py does)", plain),
+        ("train", train, "train a model (what train.py does)", verbatim),  # its layout kept
+        ("export", export, "write the weights of an unfinished training run (its last.pt)", plain),
+    ):
+        sub = commands.add_parser(
+            name,
+            help=summary,
+            description=module.DESCRIPTION,
+            formatter_class=formatter,
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
     return p
 
 

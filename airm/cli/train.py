@@ -17,6 +17,8 @@ from airm.losses import LossWeights
 from airm.perturb import LOWRES_SIDES
 from airm.training import TrainConfig, check_compile, train
 
+DESCRIPTION = __doc__
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of training, on `p` (train.py's parser, or `airm train`'s)."""
@@ -184,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     """train.py's parser (`airm train` adds the same flags to its own)."""
     p = argparse.ArgumentParser(
         prog="train.py",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(p)
