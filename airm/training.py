@@ -561,11 +561,14 @@ def save_training_state(
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def export_training_state(state: str | os.PathLike, out: str | os.PathLike) -> int:
+def export_training_state(
+    state: str | os.PathLike, out: str | os.PathLike, *, average: bool = True
+) -> int:
     """Write the inference checkpoint of a training state (`last.pt`) to `out`, as `train`
-    exports one (safetensors, atomically): the weights' moving average where the run keeps one,
-    else the weights. For a run stopped before its last iteration (a time limit, a lease that
-    ended), whose `final.safetensors` is not written yet. Returns the state's step; raises
+    exports one (safetensors, atomically): the weights' moving average where the run keeps one
+    (with `average`), else the trained weights. For a run stopped before its last iteration (a
+    time limit, a lease that ended), whose `final.safetensors` is not written yet, or for the
+    trained weights of one that kept an average. Returns the state's step; raises
     `CheckpointError` for a file that is not a readable airm training state."""
     path = Path(state)
     if not path.is_file():
@@ -580,7 +583,8 @@ def export_training_state(state: str | os.PathLike, out: str | os.PathLike) -> i
         raise CheckpointError(f"{path} is an inference checkpoint already, not a training state")
     try:
         config = ModelConfig.from_json(saved["model_config"])
-        weights, step = saved.get("average", saved["model"]), int(saved["step"])
+        weights = saved["average"] if average and "average" in saved else saved["model"]
+        step = int(saved["step"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path} is not an airm training state (last.pt): {e!r}") from None
     model = build_model(config)

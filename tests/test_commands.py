@@ -268,6 +268,8 @@ def test_airm_export_writes_the_weights_of_a_job_stopped_early(tmp_path, capsys)
     assert airm_main(["export", str(out / "last.pt"), str(weights)]) == 0
     assert capsys.readouterr().out.strip() == f"weights of step 1: {weights}"
     assert airm.load_model(weights).config == airm.VARIANTS["airm_efficientnet_lite0"]()
+    assert airm_main(["export", str(out / "last.pt"), str(weights), "--trained"]) == 0
+    capsys.readouterr()
     assert airm_main(["export", str(weights), str(tmp_path / "x.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "an inference checkpoint already" in err

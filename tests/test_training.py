@@ -441,13 +441,19 @@ def test_the_weights_average_is_validated_exported_and_resumed_exactly(big_folde
 def test_an_unfinished_run_exports_what_its_final_checkpoint_would_hold(big_folder, tmp_path):
     """`export_training_state` writes from last.pt the weights `train` exports: the moving
     average where the run keeps one (a finished run's last.pt gives its final.safetensors to
-    the bit), else the trained weights; files that are not a training state are refused."""
+    the bit), else, or when asked, the trained weights; files that are not a training state
+    are refused."""
     config = functools.partial(tiny_config, big_folder, iterations=3)
     final = read_checkpoint(train(config(tmp_path / "ema", ema_decay=0.6)))
     assert export_training_state(tmp_path / "ema" / "last.pt", tmp_path / "ema.safetensors") == 3
     exported = read_checkpoint(tmp_path / "ema.safetensors")
     assert exported[0] == final[0] and exported[2]["step"] == "3"
     assert all(torch.equal(v, final[1][k]) for k, v in exported[1].items())
+    trained = torch.load(tmp_path / "ema" / "last.pt", weights_only=True)["model"]
+    export_training_state(tmp_path / "ema" / "last.pt", tmp_path / "t.safetensors", average=False)
+    exported = read_checkpoint(tmp_path / "t.safetensors")[1]
+    assert all(torch.equal(v, trained[k]) for k, v in exported.items())
+    assert any(not torch.equal(v, final[1][k]) for k, v in exported.items())
     train(config(tmp_path / "plain"), stop_at=2)
     state = torch.load(tmp_path / "plain" / "last.pt", weights_only=True)
     assert export_training_state(tmp_path / "plain" / "last.pt", tmp_path / "p.safetensors") == 2
