@@ -31,6 +31,7 @@ if __package__ in (None, ""):
 
 from airm.training import check_compile  # noqa: E402
 from eval.child import run_in_process  # noqa: E402
+from tools.step_setup import compile_options  # noqa: E402
 
 # The CUDA runtime's and driver's calls that start work on the device (kernels, graphs).
 LAUNCH_CALLS = ("cudaLaunch", "cuLaunch", "cudaGraphLaunch", "cuGraphLaunch")
@@ -149,11 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.warmup, args.steps, *args.batch_size) < 1 or args.threads < 0:
         p.error("--warmup, --steps and --batch-size must be at least 1, --threads at least 0")
     for name in args.backends:
-        backend, _, mode = name.partition(":")
-        if backend == "eager" and not mode:
-            continue
         try:  # here, before a child process has started (or a lease's minutes gone by)
-            check_compile(backend, mode or None)
+            check_compile(*compile_options(name))
         except ValueError as e:
             p.error(f"--backends {name}: {e}")
     kind = "kernels run" if args.device.startswith("cuda") else "operators that compute"

@@ -6,6 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 
+def compile_options(backend: str) -> tuple[str | None, str | None]:
+    """The `TrainConfig` fields (compile, compile_mode) of a backend named as "eager" (no
+    compiling: None, None), "BACKEND" or "BACKEND:MODE"."""
+    name, _, mode = backend.partition(":")
+    return (None if name == "eager" else name), (mode or None)
+
+
 def step_runner(args: dict, steps: int) -> Callable[[int], None]:
     """A function `step(i)` that runs `airm.training.training_step` i (0-based) of the first
     `steps` on its batch, moved to args["device"] beforehand; the model of args["variant"]
@@ -31,7 +38,7 @@ def step_runner(args: dict, steps: int) -> Callable[[int], None]:
     )
 
     device = torch.device(args.get("device", "cpu"))
-    backend, _, mode = args.get("backend", "eager").partition(":")
+    backend, mode = compile_options(args.get("backend", "eager"))
     config = TrainConfig(
         data=tuple(args["data"]),
         out="",
@@ -39,8 +46,8 @@ def step_runner(args: dict, steps: int) -> Callable[[int], None]:
         batch_size=args["batch_size"],
         precision=args["precision"],
         workers=0,
-        compile=None if backend == "eager" else backend,
-        compile_mode=mode or None,
+        compile=backend,
+        compile_mode=mode,
     )
     torch.manual_seed(0)
     model = build_model(config.variant)
