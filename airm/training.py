@@ -444,8 +444,8 @@ def step_objective(
 ) -> tuple[nn.Module, bool]:
     """What `training_step` calls for `net` (the model, or its DDP wrapper): its
     `TrainingObjective`, through `torch.compile` with config.compile's backend and mode when
-    one is named; and whether that compiled code replays CUDA graphs, in which case each step
-    must begin with `torch.compiler.cudagraph_mark_step_begin()`."""
+    one is named; and whether that compiled code replays CUDA graphs (`training_step`'s
+    `cuda_graphs`)."""
     objective = TrainingObjective(net, config.loss, autocast)
     if config.compile:
         # Around DDP's wrapper, so that its buckets' communication stays between graphs.
@@ -460,10 +460,15 @@ def training_step(
     window: tuple[int, int, int, int],
     *,
     device: torch.device,
+    cuda_graphs: bool = False,
 ) -> Losses:
     """One optimiser step of `objective` (a `TrainingObjective`, or it compiled) on a batch
     (image, coarse, gt) from the loader, queried in `window` (see `query_window`); returns
-    the losses, still on the device. Nothing here makes the host wait for the device."""
+    the losses, still on the device. Nothing here makes the host wait for the device.
+    cuda_graphs: `objective` replays CUDA graphs (see `step_objective`)."""
+    if cuda_graphs:
+        # A new step: CUDA graphs may write over the last step's outputs (read by now).
+        torch.compiler.cudagraph_mark_step_begin()
     image, coarse, gt = (
         t.to(device, non_blocking=True, memory_format=torch.channels_last) for t in batch
     )
@@ -820,11 +825,13 @@ def train(
     for step, batch in enumerate(loader, start=start + 1):
         for group in optimizer.param_groups:
             group["lr"] = config.lr * group["lr_scale"] * lr_factor(step - 1, config)
-        if cuda_graphs:
-            # A new step: CUDA graphs may write over the last step's outputs (read by now).
-            torch.compiler.cudagraph_mark_step_begin()
         losses = training_step(
-            objective, optimizer, batch, query_window(step, config), device=device
+            objective,
+            optimizer,
+            batch,
+            query_window(step, config),
+            device=device,
+            cuda_graphs=cuda_graphs,
         )
         if average is not None:
             average.update(model, step=step)

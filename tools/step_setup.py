@@ -66,9 +66,10 @@ def step_runner(args: dict, steps: int) -> Callable[[int], None]:
     batches = [tuple(t.to(device) for t in batch) for batch in loader]
 
     def step(i: int) -> None:
-        if cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        training_step(objective, optimizer, batches[i], query_window(i + 1, config), device=device)
+        window = query_window(i + 1, config)
+        training_step(
+            objective, optimizer, batches[i], window, device=device, cuda_graphs=cuda_graphs
+        )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
