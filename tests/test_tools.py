@@ -1,4 +1,5 @@
 import json
+import shutil
 import tarfile
 
 import numpy as np
@@ -7,10 +8,18 @@ import torch
 from PIL import Image
 
 from airm import Refiner
+from airm.cli import train as train_cli
 from airm.data import find_pairs
 from airm.inference import InferenceOptions, scale_sizes
 from airm.io import read_image, read_mask
-from tools import bench_loader, bench_train_step, coarse_set, step_kernels, window_area
+from tools import (
+    bench_loader,
+    bench_train_step,
+    coarse_set,
+    lease_job,
+    step_kernels,
+    window_area,
+)
 from tools.pack_data import main, pack
 
 from conftest import disc_pair, tiny_model
@@ -178,3 +187,88 @@ def test_step_kernels_refuses_an_unknown_backend_before_starting(tmp_path, capsy
     err = capsys.readouterr().err
     assert f"--backends {backend}:" in err
     assert "Traceback" not in err
+
+
+def test_lease_job_retries_eager_in_the_minutes_the_compiled_try_left():
+    calls, now = [], [100.0]
+
+    def runner(argv, minutes=3, compiled_status=1):
+        calls.append(argv)
+        now[0] += minutes * 60
+        return compiled_status if "--compile" in argv else 0
+
+    def jobs(compile_flags, run=runner):
+        calls.clear()
+        return lease_job.run_jobs(
+            ["--out", "x"], minutes=7, compile_flags=compile_flags, runner=run, clock=lambda: now[0]
+        )
+
+    flags = ["--compile", "inductor", "--compile-mode", "reduce-overhead"]
+    assert jobs(flags) == 0  # the compiled try failed after 3 minutes: eager for the other 4
+    assert calls == [
+        ["--out", "x", "--resume", *flags, "--time-limit", "7"],
+        ["--out", "x", "--resume", "--time-limit", "4.00"],
+    ]
+    assert jobs(flags, lambda argv: runner(argv, compiled_status=0)) == 0
+    assert len(calls) == 1  # a compiled try that ends as asked is the only one
+    assert jobs([]) == 0
+    assert calls == [["--out", "x", "--resume", "--time-limit", "7"]]
+    assert jobs(flags, lambda argv: runner(argv, minutes=8, compiled_status=3)) == 3
+    assert len(calls) == 1  # no minutes left for an eager try
+
+
+def test_lease_job_brings_last_pt_in_pieces_that_join_into_it(tmp_path, capsys):
+    data, run, bring = tmp_path / "data", tmp_path / "run", tmp_path / "bring"
+    big_folder(data, [(72, 96), (80, 64)])
+    bring.mkdir()
+    (bring / "last.pt.part-009").write_bytes(b"stale")  # an earlier split's piece goes
+    train_args = [
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--iterations",
+        "3",
+        "--log-interval",
+        "1",
+    ]
+    train_args += ["--batch-size", "1", "--crop-size", "64", "--query-size", "32", "--workers", "0"]
+    argv = ["--minutes", "5", "--bring", str(bring), "--compile", "eager", "--piece-mb", "16"]
+    assert lease_job.main([*argv, "--", *train_args], runner=train_cli.main) == 0
+    out = capsys.readouterr().out
+    pieces = sorted(bring.glob("last.pt.part-*"))
+    size = (run / "last.pt").stat().st_size
+    assert len(pieces) == -(-size // (16 * 2**20)) > 1
+    assert b"".join(p.read_bytes() for p in pieces) == (run / "last.pt").read_bytes()
+    assert (bring / "log.jsonl").read_text() == (run / "log.jsonl").read_text()
+    assert "cat last.pt.part-* > last.pt" in out
+    assert (bring / "gpu.csv").exists() == (shutil.which("nvidia-smi") is not None)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--minutes", "0", "--bring", "b", "--", "--data", "d", "--out", "o"],
+            "--minutes must be > 0",
+        ),
+        (["--minutes", "7", "--bring", "b"], "give train.py's arguments after --"),
+        (
+            ["--minutes", "7", "--bring", "b", "--", "--out", "o", "--time-limit", "3"],
+            "--time-limit",
+        ),
+        (["--minutes", "7", "--bring", "b", "--", "--out", "o", "--compile"], "--compile"),
+        (["--minutes", "7", "--bring", "b", "--piece-mb", "20", "--", "--out", "o"], "--piece-mb"),
+        (
+            ["--minutes", "7", "--bring", "b", "--compile", "nope", "--", "--out", "o"],
+            "unknown torch.compile backend",
+        ),
+    ],
+)
+def test_lease_job_refuses_arguments_before_running_anything(tmp_path, capsys, argv, message):
+    def runner(argv):
+        raise AssertionError("nothing should run")
+
+    assert lease_job.main(argv, runner=runner) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
