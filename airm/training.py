@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -409,10 +410,12 @@ class TrainingObjective(nn.Module):
         """window: (top, left, height, width), top and left integer tensors on the batch's
         device, so that every window runs the same compiled graph."""
         top, left, height, width = window
-        device = image.device.type
-        with torch.autocast(
-            device, dtype=self.autocast or torch.bfloat16, enabled=bool(self.autocast)
-        ):
+        precision = (
+            torch.autocast(image.device.type, dtype=self.autocast)
+            if self.autocast
+            else contextlib.nullcontext()
+        )
+        with precision:
             output = self.net(image, coarse, window=window)
         rows = torch.arange(height, device=gt.device) + top
         cols = torch.arange(width, device=gt.device) + left

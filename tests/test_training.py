@@ -10,12 +10,20 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import airm
 from airm import load_model, metrics
 from airm.checkpoint import CheckpointError, read_checkpoint
 from airm.data import RefinementDataset, find_pairs, make_coarse
-from airm.losses import LossWeights, affinity_labels, affinity_loss, refinement_losses
+from airm.losses import (
+    LossWeights,
+    affinity_labels,
+    affinity_loss,
+    refinement_losses,
+    sobel_magnitude,
+)
 from airm.morphology import nonzero_points
 from airm.perturb import cascade_mask, lowres_mask, perturb_mask
 from airm.training import (
@@ -559,6 +567,49 @@ def test_every_variant_trains_compiled_in_one_graph(variant):
             eager(image, coarse, gt, window).stacked(),
         )
     assert counter.frame_count == 1
+
+
+def test_sobel_magnitude_is_the_sobel_convolution():
+    x = torch.rand(2, 1, 17, 23, generator=torch.Generator().manual_seed(0))
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])[None, None] / 4
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+    gx = torch.nn.functional.conv2d(padded, kx)
+    gy = torch.nn.functional.conv2d(padded, kx.transpose(-1, -2))
+    expected = torch.sqrt(gx * gx + gy * gy + 1e-8)
+    torch.testing.assert_close(sobel_magnitude(x), expected)
+
+
+class _OffDevice(TorchDispatchMode):
+    """Records every operator that is handed a tensor off the meta device."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for value in tree_flatten((args, kwargs))[0]:
+            if isinstance(value, torch.Tensor) and value.device.type != "meta":
+                self.seen.add((str(func), str(value.device), tuple(value.shape)))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("variant", sorted(airm.VARIANTS))
+def test_a_training_step_needs_nothing_from_the_host(variant):
+    """What `training_step` differentiates, run with the model and batch on the meta device
+    (shapes without data): no tensor comes from elsewhere (a constant made on the host is
+    copied to the GPU at every step, and such a copy waits for the device), and nothing is
+    read back (`.item()`, a boolean mask's selection: they fail on meta). So eager training
+    on a GPU can run ahead of it, step after step."""
+    model = tiny_model(variant).train().to("meta")
+    objective = TrainingObjective(model, LossWeights(), None)
+    image = torch.empty(2, 3, 64, 64, device="meta")
+    coarse, gt = torch.empty(2, 2, 1, 64, 64, device="meta")
+    top, left = torch.zeros(2, dtype=torch.int64, device="meta").unbind()
+    with _OffDevice() as off:
+        objective(image, coarse, gt, (top, left, 32, 32)).total.backward()
+    assert off.seen == set()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 def test_train_and_the_step_tools_prepare_a_step_from_the_config_alone(tmp_path):
