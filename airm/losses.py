@@ -60,8 +60,8 @@ def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
     Written with slices rather than a convolution by a kernel: a kernel made on the host is
     copied to the device at every call, and a copy from the host waits for the device (a
     training step then could not run ahead of the GPU); and on a CPU a one-channel
-    convolution runs a slow kernel (forward and backward of batch 8 at 112 px: 20-27 ms by
-    convolution, 4-5 by slices).
+    convolution runs a slow kernel (forward and backward of batch 8 at 112 px on one thread:
+    7-18 ms by convolution, 2-3 by slices).
     """
     padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
     across = padded[..., 2:] - padded[..., :-2]  # (B, 1, H + 2, W)
