@@ -254,10 +254,33 @@ def test_lease_job_brings_last_pt_in_pieces_that_join_into_it(tmp_path, capsys):
         ),
         (["--minutes", "7", "--bring", "b"], "give train.py's arguments after --"),
         (
-            ["--minutes", "7", "--bring", "b", "--", "--out", "o", "--time-limit", "3"],
+            [
+                "--minutes",
+                "7",
+                "--bring",
+                "b",
+                "--",
+                "--data",
+                "d",
+                "--out",
+                "o",
+                "--time-limit",
+                "3",
+            ],
             "--time-limit",
         ),
-        (["--minutes", "7", "--bring", "b", "--", "--out", "o", "--compile"], "--compile"),
+        (  # an abbreviation, as argparse takes it
+            ["--minutes", "7", "--bring", "b", "--", "--data", "d", "--out", "o", "--time", "3"],
+            "--time-limit",
+        ),
+        (
+            ["--minutes", "7", "--bring", "b", "--", "--data", "d", "--out", "o", "--compile"],
+            "--compile",
+        ),
+        (
+            ["--minutes", "7", "--bring", "b", "--", "--data", "d", "--out", "o", "--resume"],
+            "--resume",
+        ),
         (["--minutes", "7", "--bring", "b", "--piece-mb", "20", "--", "--out", "o"], "--piece-mb"),
         (
             ["--minutes", "7", "--bring", "b", "--compile", "nope", "--", "--out", "o"],

@@ -39,11 +39,17 @@ from airm.training import check_compile  # noqa: E402
 from tools.step_setup import compile_options  # noqa: E402
 
 MIB = 2**20
-# What one call brings back (the device tool's limits): files, and bytes in all.
+# What one call brings back (the device tool's limits): files, bytes a file, bytes in all.
 BRING_FILES = 8
+BRING_FILE_BYTES = 16 * MIB
 BRING_BYTES = 64 * MIB
-# Flags of train.py that the job sets itself.
-OWN_FLAGS = ("--resume", "--time-limit", "--compile", "--compile-mode")
+# Flags of train.py that the job sets itself, and where its parser puts them.
+OWN_FLAGS = {
+    "--resume": "resume",
+    "--time-limit": "time_limit",
+    "--compile": "compile",
+    "--compile-mode": "compile_mode",
+}
 
 # Runs train.py with these arguments; returns its exit status.
 Runner = Callable[[list[str]], int]
@@ -73,9 +79,10 @@ def run_jobs(
         if status == 0:
             return 0
         left = (deadline - clock()) / 60
-        print(f"the compiled job failed (exit {status}); eager, {max(left, 0):.1f} minutes left")
         if left <= 0:
+            print(f"the compiled job failed (exit {status}); no minutes left for an eager one")
             return status
+        print(f"the compiled job failed (exit {status}); eager, {left:.1f} minutes left")
         return runner([*base, "--time-limit", f"{left:.2f}"])
     return runner([*base, "--time-limit", f"{minutes:g}"])
 
@@ -143,20 +150,25 @@ def main(argv: list[str] | None = None, *, runner: Runner = run_train) -> int:
     try:
         if not args.minutes > 0:
             raise ValueError(f"--minutes must be > 0, got {args.minutes}")
-        if not 0 < args.piece_mb <= 16:
+        if not 0 < args.piece_mb * MIB <= BRING_FILE_BYTES:
             raise ValueError(
-                f"--piece-mb must be in (0, 16] (a file brought back), got {args.piece_mb}"
+                f"--piece-mb must be in (0, {BRING_FILE_BYTES // MIB}] (a file brought back), "
+                f"got {args.piece_mb}"
             )
         if not train_args:
             raise ValueError("give train.py's arguments after --")
-        own = [flag for flag in OWN_FLAGS if any(a.split("=")[0] == flag for a in train_args)]
+        check_compile(backend, mode)
+        parsed = train_cli.parse_args(train_args)  # argparse refuses bad arguments (exit 2)
+        # Read from what the parser made of them, so that an abbreviation (--time) is seen too.
+        own = [
+            flag for flag, dest in OWN_FLAGS.items() if getattr(parsed, dest) not in (None, False)
+        ]
         if own:
             raise ValueError(f"{', '.join(own)}: this tool sets them (see --minutes, --compile)")
-        check_compile(backend, mode)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    run = Path(train_cli.parse_args(train_args).out)  # argparse refuses bad arguments (exit 2)
+    run = Path(parsed.out)
     compile_flags = [] if backend is None else ["--compile", backend]
     if mode is not None:
         compile_flags += ["--compile-mode", mode]
