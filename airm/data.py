@@ -179,27 +179,28 @@ def paste_object(
     return composite, full > 0.5
 
 
-def _rescaled(image, gt, coarse, scale: float):
-    """The image (area interpolation) and the bool masks (area, then thresholded halfway)
-    resized by `scale`; unchanged at (nearly) 1."""
+def _rescaled(image, gt, coarse, scale: float, *, soft: bool = False):
+    """The image (area interpolation) and the bool masks (area, then thresholded halfway, or
+    with `soft` kept as the fraction of each pixel they cover, float32) resized by `scale`;
+    unchanged at (nearly) 1."""
     if scale >= 0.999:
         return image, gt, coarse
     size = (max(1, round(gt.shape[1] * scale)), max(1, round(gt.shape[0] * scale)))
     image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    gt = cv2.resize(gt.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
-    coarse = cv2.resize(coarse.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
-    return image, gt, coarse
+    gt = cv2.resize(gt.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    coarse = cv2.resize(coarse.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    return (image, gt, coarse) if soft else (image, gt > 0.5, coarse > 0.5)
 
 
 class RefinementDataset(Dataset):
     """Random crops of (image, coarse, truth) for training.
 
     Each item: image (3, S, S) float in [0, 1], coarse (1, S, S) float in [0, 1], truth (1, S,
-    S) float {0, 1}. The coarse mask is made at the image level, as real segmenters' masks
-    are; the image is then seen at a random scale (so both whole-object views, as the coarse
-    scales of inference see, and full-resolution detail are trained): the crop's window is
-    chosen at the image's own size and only it is resized, padded when smaller, flipped and
-    colour-jittered.
+    S) float {0, 1} (in [0, 1] with `soft_masks`). The coarse mask is made at the image level,
+    as real segmenters' masks are; the image is then seen at a random scale (so both
+    whole-object views, as the coarse scales of inference see, and full-resolution detail are
+    trained): the crop's window is chosen at the image's own size and only it is resized,
+    padded when smaller, flipped and colour-jittered.
 
     Where crops go: a `far_fraction` of them is centred far from every boundary (of the truth
     and of the coarse mask), so the network learns to keep what the coarse mask gets right away
@@ -228,6 +229,14 @@ class RefinementDataset(Dataset):
     its centre after rescaling, image and masks alike (borders reflected), as CascadePSP's and
     CRM's training augment with a random affine; SPEC section 3 asks only for flips.
 
+    Soft masks: with `soft_masks`, a crop seen below full resolution keeps, in its truth and
+    its coarse mask, the fraction of each pixel the object covers instead of thresholding it
+    halfway. A thresholded truth moves the boundary by up to half a pixel of the view (2.5
+    pixels of the image in a whole view of a 1,000 px picture), a label the image's blended
+    pixels do not support; and inference resizes the coarse mask for its coarser scales with
+    an antialiasing filter, so it is soft there. Rotated items, turned as bytes, stay
+    thresholded. Items at full resolution are the same either way.
+
     Copy-paste: a `paste_fraction` of items paste the object of another pair (its true mask,
     edges feathered by a fraction of a pixel) onto this pair's photograph, at a random place
     and size, and that object becomes the one to refine; the photograph's own object stays as
@@ -253,6 +262,7 @@ class RefinementDataset(Dataset):
         cascade_fraction: float = 0.0,
         rotate_degrees: float = 0.0,
         lowres_sides: tuple[int, int] = LOWRES_SIDES,
+        soft_masks: bool = False,
         seed: int = 0,
         cache: bool = False,
         cache_threads: int = 1,
@@ -280,6 +290,7 @@ class RefinementDataset(Dataset):
         self.cascade_fraction = cascade_fraction
         self.rotate_degrees = rotate_degrees
         self.lowres_sides = (int(lowres_sides[0]), int(lowres_sides[1]))
+        self.soft_masks = soft_masks
         self.seed = seed
         self.epoch = 0
         self.cached: list[tuple[np.ndarray, np.ndarray]] | None = None
@@ -397,7 +408,7 @@ class RefinementDataset(Dataset):
             y0 = int(np.clip(cy - side // 2, 0, h - side))
             x0 = int(np.clip(cx - side // 2, 0, w - side))
         window = (slice(y0, y0 + side), slice(x0, x0 + side))
-        return _rescaled(image[window], gt[window], coarse[window], s / side)
+        return _rescaled(image[window], gt[window], coarse[window], s / side, soft=self.soft_masks)
 
     @staticmethod
     def _jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -117,7 +117,8 @@ def refinement_losses(
     affinity: torch.Tensor | None = None,
     affinity_size: tuple[int, int] | None = None,
 ) -> Losses:
-    """logits, gt: (B, 1, H, W); gt in {0, 1}. affinity: (B, N, N) over affinity_size."""
+    """logits, gt: (B, 1, H, W); gt in [0, 1] (a pixel's covered fraction where soft).
+    affinity: (B, N, N) over affinity_size."""
     prob = torch.sigmoid(logits)
     pixel_weight = 1.0 + weights.boundary * boundary_band(gt, weights.band_radius)
     bce = (F.binary_cross_entropy_with_logits(logits, gt, reduction="none") * pixel_weight).mean()

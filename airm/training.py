@@ -100,6 +100,9 @@ class TrainConfig:
     # The long sides (px, inclusive) that the imitated low-resolution segmenters work at; the
     # default is shared/data/val's range.
     lowres_sides: tuple[int, int] = LOWRES_SIDES
+    # Crops seen below full resolution keep their masks' area fractions (truth and coarse)
+    # instead of thresholding them halfway (see `RefinementDataset`); off until val says so.
+    soft_masks: bool = False
     # DataLoader workers per process; None: this process's share of the machine's cores.
     workers: int | None = None
     # Decode the training pairs once and keep them in memory, shared by the workers (see
@@ -223,6 +226,7 @@ def training_items(config: TrainConfig, *, threads: int = 1) -> RefinementDatase
         cascade_fraction=config.cascade_fraction,
         rotate_degrees=config.rotate_degrees,
         lowres_sides=config.lowres_sides,
+        soft_masks=config.soft_masks,
         seed=config.seed,
         cache=config.cache_images,
         cache_threads=threads,

@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from airm.training import RunRecord, run_record
+from airm.training import RunRecord, TrainConfig, run_record
 from eval.compare import compare
 
 # What must match for runs to have had the same budget: how many samples, and which.
@@ -38,6 +38,7 @@ BUDGET_FIELDS = (
     "cascade_fraction",
     "rotate_degrees",
     "lowres_sides",
+    "soft_masks",
     "loss",
 )
 
@@ -52,9 +53,11 @@ def wall_time(seconds: float | None) -> str:
 def budget_differences(runs: dict[str, RunRecord]) -> list[str]:
     """The budget's parts in which the runs differ, each as 'field (name value, ...)'."""
     differences = []
+    # A log written before a field existed ran with its default.
+    defaults = json.loads(TrainConfig(data=(), out="").to_json())
     values = {"samples": {name: r.samples for name, r in runs.items()}}
     for key in BUDGET_FIELDS:
-        values[key] = {name: r.train.get(key) for name, r in runs.items()}
+        values[key] = {name: r.train.get(key, defaults[key]) for name, r in runs.items()}
     for key, per_run in values.items():
         if len({json.dumps(v, sort_keys=True) for v in per_run.values()}) > 1:
             listed = ", ".join(f"{name} {json.dumps(v)}" for name, v in per_run.items())

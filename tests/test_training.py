@@ -27,6 +27,7 @@ from airm.losses import (
 from airm.morphology import nonzero_points
 from airm.perturb import cascade_mask, lowres_mask, perturb_mask
 from airm.training import (
+    RunRecord,
     StepSampler,
     TrainConfig,
     TrainingObjective,
@@ -382,6 +383,22 @@ def test_run_record_sums_the_jobs_that_made_a_run(tmp_path):
     log.write_text(json.dumps({"event": "train", "step": 20}) + "\n")
     with pytest.raises(ValueError, match="no config record"):
         run_record(log)
+
+
+def test_a_field_missing_from_an_older_log_counts_as_its_default():
+    from eval.budget import budget_differences
+
+    config = json.loads(tiny_config("d", "o").to_json())
+    older = {k: v for k, v in config.items() if k != "soft_masks"}
+
+    def record(train: dict) -> RunRecord:
+        return RunRecord("v", 10, 80, None, (), train)
+
+    assert budget_differences({"a": record(config), "b": record(older)}) == []
+    soft = {**config, "soft_masks": True}
+    assert budget_differences({"a": record(soft), "b": record(older)}) == [
+        "soft_masks (a true, b false)"
+    ]
 
 
 def test_the_budget_table_gives_each_runs_cost_scores_and_difference(big_folder, tmp_path, capsys):
@@ -921,6 +938,31 @@ def test_rescaled_items_keep_image_and_truth_aligned(tmp_path):
         areas.append(gt.sum().item())
     whole = np.pi * (100 * 64 / 320) ** 2  # the disc, shrunk with the image, inside the crop
     assert sum(abs(a - whole) < 0.1 * whole for a in areas) >= 4
+
+
+def test_soft_masks_keep_the_covered_fraction_below_full_resolution(tmp_path):
+    # A whole view shrinks this disc 5 times: thresholded, its truth is {0, 1}; soft, the
+    # pixels on its outline hold the fraction covered, and the area is kept more closely.
+    yy, xx = np.mgrid[:320, :400]
+    pairs = bright_object_pairs(tmp_path / "disc", (yy - 160) ** 2 + (xx - 200) ** 2 < 100**2)
+    hard = RefinementDataset(pairs, crop_size=64, seed=4, whole_fraction=1.0, paste_fraction=0)
+    soft = RefinementDataset(
+        pairs, crop_size=64, seed=4, whole_fraction=1.0, paste_fraction=0, soft_masks=True
+    )
+    whole = np.pi * (100 * 64 / 320) ** 2
+    for epoch in range(4):
+        hard.set_epoch(epoch)
+        soft.set_epoch(epoch)
+        (img_h, _, gt_h), (img_s, coarse_s, gt_s) = hard[0], soft[0]
+        assert torch.equal(img_h, img_s)  # the same view: no draw more or less
+        assert set(gt_h.unique().tolist()) == {0.0, 1.0}
+        between = (gt_s > 0.02) & (gt_s < 0.98)
+        assert between.sum() > 20 and torch.equal(gt_s > 0.5, gt_h > 0.5)
+        error_soft, error_hard = abs(gt_s.sum().item() - whole), abs(gt_h.sum().item() - whole)
+        assert error_soft < 2 and error_soft <= error_hard
+        assert ((coarse_s > 0.02) & (coarse_s < 0.98)).any()
+    full = RefinementDataset(pairs, crop_size=400, seed=4, soft_masks=True)
+    assert set(full[0][2].unique().tolist()) == {0.0, 1.0}  # seen at full size: as it is
 
 
 def test_rotated_items_keep_image_and_truth_aligned(tmp_path):

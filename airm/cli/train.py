@@ -94,6 +94,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         f"{LOWRES_SIDES[0]} {LOWRES_SIDES[1]}, as shared/data/val's coarse masks)",
     )
     p.add_argument(
+        "--soft-masks",
+        action="store_true",
+        default=None,
+        help="crops seen below full resolution keep their masks' area fractions instead of "
+        "thresholding them",
+    )
+    p.add_argument(
         "--workers", type=int, default=None, help="DataLoader workers per process (default: cores)"
     )
     p.add_argument(
@@ -217,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
         "cascade_fraction": args.cascade_fraction,
         "rotate_degrees": args.rotate_degrees,
         "lowres_sides": tuple(args.lowres_sides) if args.lowres_sides else None,
+        "soft_masks": args.soft_masks,
         "query_anywhere": args.query_anywhere,
         "workers": args.workers,
         "cache_images": args.cache_images,
