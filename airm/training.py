@@ -136,6 +136,10 @@ class TrainConfig:
     # gradient, not in the optimiser, its batch norms' running statistics kept), e.g. a part
     # added to a trained model, taught what it is for while the rest cannot compensate.
     train_only: tuple[str, ...] = ()
+    # Every batch norm normalises with its running statistics and keeps them, as at inference;
+    # its scale and shift still learn. For fine-tuning with small batches (4 crops a process
+    # in the CPU runs), whose batch statistics are noisy and unlike inference's.
+    frozen_norms: bool = False
     # Per-step decay of an exponential moving average of the weights (0.999: about the last
     # 1,000 steps), which is then what validation scores and the exported weights hold (batch
     # norms' statistics averaged too); None: the trained weights themselves.
@@ -490,6 +494,9 @@ def training_step(
     return losses
 
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
 def freeze_all_but(model: nn.Module, prefixes: tuple[str, ...]) -> None:
     """Freeze every parameter whose name starts with none of `prefixes`, and put the batch
     norms of the frozen parts in eval mode, so that their running statistics stay those the
@@ -503,13 +510,22 @@ def freeze_all_but(model: nn.Module, prefixes: tuple[str, ...]) -> None:
             raise ValueError(f"train_only {prefix!r} names no parameter of this model")
     for name, param in named:
         param.requires_grad_(name.startswith(prefixes))
-    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
     for name, module in model.named_modules():
         # By its tensors' names, statistics included: a norm without affine parameters (the
         # hypernetwork's) learns its statistics when its prefix is named.
         tensors = chain(module.named_parameters(prefix=name), module.named_buffers(prefix=name))
-        if isinstance(module, norms) and not any(n.startswith(prefixes) for n, _ in tensors):
+        if isinstance(module, BATCH_NORMS) and not any(n.startswith(prefixes) for n, _ in tensors):
             module.eval()
+
+
+def freeze_norm_statistics(model: nn.Module) -> int:
+    """Put every batch norm of `model` in eval mode (call after `model.train()`): it
+    normalises with its running statistics and keeps them, its affine parameters still
+    learning. The number of norms."""
+    norms = [m for m in model.modules() if isinstance(m, BATCH_NORMS)]
+    for module in norms:
+        module.eval()
+    return len(norms)
 
 
 def parameter_groups(model: nn.Module, lr_scales: tuple[tuple[str, float], ...]) -> list[dict]:
@@ -765,6 +781,8 @@ def train(
         load_initial_weights(model, config.init)
     autocast = prepare_model(model, config, device)
     freeze_all_but(model, config.train_only)
+    if config.frozen_norms:
+        freeze_norm_statistics(model)
     optimizer = adam(parameter_groups(model, config.lr_scales), config.lr)
     start, best = 0, -math.inf
     if resuming:

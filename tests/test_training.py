@@ -890,6 +890,22 @@ def test_train_only_changes_nothing_else_and_resumes_exactly(big_folder, tmp_pat
     assert changed and all(k.startswith("hypernetwork.") for k in changed)
 
 
+def test_frozen_norms_keep_every_running_statistic_and_learn_the_rest(big_folder, tmp_path):
+    start = train(tiny_config(big_folder, tmp_path / "a", iterations=0))
+    plain = changed_tensors(start, train(tiny_config(big_folder, tmp_path / "b", init=str(start))))
+    frozen = dict(init=str(start), frozen_norms=True)
+    tuned = train(tiny_config(big_folder, tmp_path / "c", **frozen))
+    changed = changed_tensors(start, tuned)
+    statistics = {k for k in plain if k.endswith(("running_mean", "running_var", "_tracked"))}
+    assert statistics and not changed & statistics  # they moved without, and stay with
+    assert changed == plain - statistics  # every parameter still learns
+    norms = {k.rsplit(".", 1)[0] for k in statistics}
+    assert {f"{n}.weight" for n in norms} & changed  # the norms' scales among them
+    train(tiny_config(big_folder, tmp_path / "d", **frozen), stop_at=2)
+    resumed = train(tiny_config(big_folder, tmp_path / "d", **frozen), resume=True)
+    assert not changed_tensors(tuned, resumed)
+
+
 def test_lowres_sides_set_how_good_the_imitated_segmenter_is(tmp_path):
     yy, xx = np.mgrid[:600, :600]
     angle = np.arctan2(yy - 300, xx - 300)

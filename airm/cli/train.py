@@ -164,6 +164,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "batch norm statistics included (repeatable; e.g. skip_gate with --init)",
     )
     p.add_argument(
+        "--frozen-norms",
+        action="store_true",
+        default=None,
+        help="batch norms normalise with their running statistics and keep them (their "
+        "scale and shift still learn): for fine-tuning with small batches",
+    )
+    p.add_argument(
         "--ema-decay",
         type=float,
         default=None,
@@ -232,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
         "compile": args.compile,
         "compile_mode": args.compile_mode,
         "ema_decay": args.ema_decay,
+        "frozen_norms": args.frozen_norms,
         "seed": args.seed,
         "log_interval": args.log_interval,
         "val_interval": args.val_interval,
