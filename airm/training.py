@@ -518,14 +518,13 @@ def freeze_all_but(model: nn.Module, prefixes: tuple[str, ...]) -> None:
             module.eval()
 
 
-def freeze_norm_statistics(model: nn.Module) -> int:
+def freeze_norm_statistics(model: nn.Module) -> None:
     """Put every batch norm of `model` in eval mode (call after `model.train()`): it
     normalises with its running statistics and keeps them, its affine parameters still
-    learning. The number of norms."""
-    norms = [m for m in model.modules() if isinstance(m, BATCH_NORMS)]
-    for module in norms:
-        module.eval()
-    return len(norms)
+    learning."""
+    for module in model.modules():
+        if isinstance(module, BATCH_NORMS):
+            module.eval()
 
 
 def parameter_groups(model: nn.Module, lr_scales: tuple[tuple[str, float], ...]) -> list[dict]:
