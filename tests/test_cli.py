@@ -56,7 +56,7 @@ def test_inference_flags_reach_the_refiner(tmp_path, tiny_checkpoint, monkeypatc
     assert [s.refiner.options.precision for s in seen] == ["float32", "auto", "auto"]
     assert [s.refiner.options.min_step for s in seen] == [1.0, 1.5, 1.5]
     assert [s.refiner.options.first_trust for s in seen] == [2.0, 1.5, 1.5]
-    assert [s.refiner.options.band for s in seen] == [20, 12, None]
+    assert [s.refiner.options.band for s in seen] == [20, InferenceOptions.band, None]
     assert seen[2].refiner.options == InferenceOptions.every_pixel(scales=(1.0,))
     with pytest.raises(SystemExit):
         main([*pair, *flags, "--precision", "float8"])

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from airm.inference import InferenceOptions
 from airm.metrics import boundary_accuracy, iou_counts
 from eval.run import main
 
@@ -213,7 +214,7 @@ def test_benchmark_reports_every_measurement(tmp_path, tiny_checkpoint, capsys):
     printed = capsys.readouterr().out
     assert "192x288 vs 96x144: 4.0x the pixels" in printed
     assert "192x288 vs 96x144, 2 rounds in one process:" in printed
-    assert [r["options"]["band"] for r in results if "options" in r] == [12, 12, 12]
+    assert [r["options"]["band"] for r in results if "options" in r] == [InferenceOptions.band] * 3
 
 
 def test_benchmark_times_every_pixel_when_asked(tmp_path, tiny_checkpoint, capsys):

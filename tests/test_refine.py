@@ -175,7 +175,11 @@ def test_refinement_passes_the_resized_coarse_mask_to_every_scale(monkeypatch):
 @pytest.mark.parametrize(
     ("options", "bands", "tile_size"),
     [
-        (InferenceOptions(min_size=32), [8, 12, 12], 512),
+        (
+            InferenceOptions(min_size=32),
+            [InferenceOptions.first_band, InferenceOptions.band, InferenceOptions.band],
+            512,
+        ),
         (InferenceOptions.every_pixel(min_size=32), [None, None, None], 512),
         (InferenceOptions.exhaustive(min_size=32), [None, None, None], None),
     ],

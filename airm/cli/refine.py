@@ -98,14 +98,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="weigh the coarse mask this many times the model's own weight at the first scale "
-        "(default 1.5; more keeps more of a mask that is nearly right)",
+        f"(default {InferenceOptions.first_trust}; more keeps more of a mask that is nearly "
+        "right)",
     )
     p.add_argument(
         "--band",
         type=int,
         default=None,
         help="after the first scale, query only pixels within this many pixels of the boundary "
-        "(default 12; wider is slower and closer to --every-pixel)",
+        f"(default {InferenceOptions.band}; wider is slower and closer to --every-pixel)",
     )
     p.add_argument(
         "--every-pixel",
