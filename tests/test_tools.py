@@ -8,11 +8,13 @@ import torch
 from PIL import Image
 
 from airm import Refiner
+from airm.checkpoint import load_model, read_checkpoint, save_model
 from airm.cli import train as train_cli
 from airm.data import find_pairs
 from airm.inference import InferenceOptions, scale_sizes
 from airm.io import read_image, read_mask
 from tools import (
+    average_weights,
     bench_loader,
     bench_train_step,
     coarse_set,
@@ -126,6 +128,39 @@ def test_window_area_prints_each_scale_and_the_ratios(tiny_checkpoint, capsys):
     out = capsys.readouterr().out
     assert "  480x720     480x720" in out
     assert "last size against the first (all scales): windows" in out
+
+
+def test_average_weights_is_the_mean_of_every_float_tensor(tmp_path, capsys):
+    paths = [tmp_path / f"{i}.safetensors" for i in range(3)]
+    models = [tiny_model("airm_efficientnet_lite0") for _ in paths]
+    for i, (model, path) in enumerate(zip(models, paths, strict=True)):
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                if tensor.is_floating_point():
+                    tensor.add_(i)  # weights and running statistics 0, 1 and 2 apart
+                else:
+                    tensor.fill_(10 * i + 1)  # batch counts differ
+        save_model(model, path)
+    out = tmp_path / "soup.safetensors"
+    assert average_weights.main([str(out), *map(str, paths)]) == 0
+    _, averaged, metadata = read_checkpoint(out)
+    first = models[0].state_dict()
+    for name, tensor in averaged.items():
+        if tensor.is_floating_point():
+            torch.testing.assert_close(tensor, first[name] + 1)
+        else:
+            assert (tensor == 1).all(), name
+    assert metadata["averaged_from"] == "0.safetensors,1.safetensors,2.safetensors"
+    assert load_model(out).config == models[0].config
+
+
+def test_average_weights_refuses_different_networks(tmp_path, capsys):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_model(tiny_model("airm_efficientnet_lite0"), a)
+    save_model(tiny_model("airm_efficientnet_lite0", rank=2), b)
+    assert average_weights.main([str(tmp_path / "out.safetensors"), str(a), str(b)]) == 2
+    assert "is another network" in capsys.readouterr().err
+    assert not (tmp_path / "out.safetensors").exists()
 
 
 def test_coarse_set_makes_val_like_coarse_masks_per_source(tmp_path, capsys):
