@@ -112,8 +112,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--every-pixel",
         action="store_true",
         help="query every pixel at every scale, not only bands around the boundary: the best "
-        "masks, several times slower (8 MP on two CPU cores: 6.4 s instead of 1.0 with native "
-        "bfloat16, 24 s instead of 2.8 without)",
+        "masks, several times slower (8 MP on two CPU cores: 6.4 s instead of 1.1-1.3 with "
+        "native bfloat16, 24 s in float32 without)",
     )
     add_precision_argument(p)
     p.add_argument(
