@@ -75,7 +75,7 @@ class InferenceOptions:
     band: int | None = 32
     # The same at the first scale. Kept narrow: the later scales widen the reach (8 px at 1/8
     # scale is 64 px of the image), and a wide first band lets a model trained only near the
-    # boundary invent foreground far from the object (on val, 32 px: the shipped model +0.22
+    # boundary invent foreground far from the object (on val, 32 px: the model shipped then +0.22
     # mBA, the SIRMF and CRM-style baselines -1.2 pooled IoU; docs/model-history.md).
     first_band: int | None = 8
     # Also query, at every scale, within the scale's band of the coarse mask's own boundary:
