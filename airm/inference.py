@@ -68,10 +68,11 @@ class InferenceOptions:
     # (docs/model-history.md).
     min_step: float = 1.5
     # Query only pixels within this many pixels of the current boundary after the first scale;
-    # None queries every pixel. The narrowest of 12, 24 and 32 at which the shipped model's
-    # masks on val agree with every pixel's within 0.3 points of pooled IoU and of mBA (12 and
-    # 24: 0.41 and 0.34 mBA apart; 32: 0.28 IoU, 0.25 mBA). Wider was better at every width on
-    # training images, and costs time: 1.22 times 12 px's at 8 MP (docs/model-history.md).
+    # None queries every pixel. The narrowest of 12, 24 and 32 at which the first averaged
+    # weights' masks on val agreed with every pixel's within 0.3 points of pooled IoU and of mBA
+    # (12 and 24: 0.41 and 0.34 mBA apart; 32: 0.28 IoU, 0.25 mBA; the shipped model's: 0.29,
+    # 0.24). Wider was better at every width on training images, and costs time: 1.22 times
+    # 12 px's at 8 MP (docs/model-history.md).
     band: int | None = 32
     # The same at the first scale. Kept narrow: the later scales widen the reach (8 px at 1/8
     # scale is 64 px of the image), and a wide first band lets a model trained only near the
