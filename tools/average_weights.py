@@ -5,9 +5,9 @@
 The checkpoints must describe the same network (the same `ModelConfig`), as runs continued from
 one start do. Every floating-point tensor, batch-norm running statistics included, is the mean
 of the inputs'; integer buffers (batch-norm's count of batches seen) are taken from the first.
-OUT records the inputs' file names in its metadata (`averaged_from`). The shipped model is the
-average of the 41,900-iteration weights and a 10,000-iteration continuation of them (README, The
-shipped model).
+OUT records the inputs' file names in its metadata (`averaged_from`). The shipped model is such
+an average, made twice: each time of the weights a 10,000-iteration run started from and that
+run's final weights (README, The shipped model).
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from airm.checkpoint import CheckpointError, load_model, read_checkpoint, save_model  # noqa: E402
+from airm.build import build_model  # noqa: E402
+from airm.checkpoint import CheckpointError, load_state, read_checkpoint, save_model  # noqa: E402
+from airm.config import ModelConfig  # noqa: E402
 
 
-def average(paths: list[Path]) -> dict[str, torch.Tensor]:
-    """The uniform average of the checkpoints' tensors; raises CheckpointError on a mismatch."""
+def average(paths: list[Path]) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The checkpoints' shared config and the uniform average of their tensors; raises
+    CheckpointError on a mismatch."""
     config, first, _ = read_checkpoint(paths[0])
     total = {k: v.double() if v.is_floating_point() else v for k, v in first.items()}
     for path in paths[1:]:
@@ -37,7 +40,7 @@ def average(paths: list[Path]) -> dict[str, torch.Tensor]:
         for k, v in tensors.items():
             if v.is_floating_point():
                 total[k] += v.double()
-    return {
+    return config, {
         k: (v / len(paths)).to(first[k].dtype) if v.is_floating_point() else v
         for k, v in total.items()
     }
@@ -51,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.inputs) < 2:
         p.error("give at least two checkpoints to average")
     try:
-        tensors = average(args.inputs)
-        model = load_model(args.inputs[0])
-        model.load_state_dict(tensors)
+        config, tensors = average(args.inputs)
+        model = build_model(config)
+        load_state(model, tensors, source=str(args.inputs[0]))
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
