@@ -9,6 +9,10 @@ as false foreground or false background, by their distance from the coarse mask'
 (and the pixels that only the default path gets wrong); then pooled IoU per source, and the
 images with the most extra errors.
 
+Any two methods of the run compare the same way: `--default coarse --every airm` counts the
+pixels refinement gets wrong that the coarse mask had right, and lists the images it makes
+worse.
+
 --rerun K refines those K images again with every pixel queried except at the first scale,
 which keeps the default band. Where that removes the extra errors, they are made at the first
 scale, where the network sees the whole image.
@@ -160,16 +164,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     total = _total(list(gaps.values()))
     labels = [f"{lo}-{hi}" for lo, hi in zip(BINS, BINS[1:], strict=False)] + [f">{BINS[-1]}"]
-    print(f"{len(gaps)} images; pixels wrong on the every-pixel path only, by distance (px)")
+    print(f"{len(gaps)} images; pixels only {args.every} gets wrong, by distance (px)")
     print("from the coarse mask's boundary:\n")
     print("| | " + " | ".join(labels) + " | all |")
     print("|---|" + "--:|" * (len(labels) + 1))
     for name, counts in (("false fg", total.false_fg), ("false bg", total.false_bg)):
         print(f"| {name} | " + " | ".join(str(c) for c in counts) + f" | {counts.sum()} |")
-    print(f"\nwrong on the default path only: {total.fixed} pixels\n")
+    print(f"\nwrong on {args.default} only: {total.fixed} pixels\n")
 
     sources = sorted({p.source for p in pairs if p.name in gaps})
-    print("| source | images | pooled IoU, default | every pixel | default minus every pixel |")
+    names = f"{args.default} | {args.every} | {args.default} minus {args.every}"
+    print(f"| source | images | pooled IoU, {names} |")
     print("|---|--:|--:|--:|--:|")
     for source in [*sources, "all"]:
         picked = [gaps[p.name] for p in pairs if p.name in gaps and source in ("all", p.source)]
@@ -178,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {source} | {len(picked)} | {d:.2f} | {e:.2f} | {d - e:+.2f} |")
 
     worst = sorted(gaps, key=lambda n: gaps[n].extra, reverse=True)[: args.top]
-    print("\n| image | extra wrong pixels | false fg | false bg | IoU: default / every pixel |")
+    print(
+        f"\n| image | extra wrong pixels | false fg | false bg "
+        f"| IoU: {args.default} / {args.every} |"
+    )
     print("|---|--:|--:|--:|--:|")
     for name in worst:
         g = gaps[name]

@@ -286,6 +286,7 @@ def test_every_pixel_gap_counts_the_errors_only_one_path_makes(tmp_path, tiny_ch
     report = capsys.readouterr().out
     assert "| false fg | 0 | 0 | 0 | 100 | 0 | 100 |" in report
     assert "| c-0 | 99 | 100 | 1 |" in report
+    assert "| pooled IoU, airm | airm_exhaustive | airm minus airm_exhaustive |" in report
     # The rerun's row: the wrong pixels of both paths, then its own.
     assert "| c-0 | 2 | 101 |" in report
     assert every_pixel([str(out), "--data", str(data), "--every", "missing"]) == 2
