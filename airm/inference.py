@@ -78,8 +78,8 @@ class InferenceOptions:
     # scale is 64 px of the image), and a wide first band lets a model trained only near the
     # boundary invent foreground far from the object (on val, 32 px: the model shipped then +0.22
     # mBA, the SIRMF and CRM-style baselines -1.2 pooled IoU; docs/model-history.md). With the
-    # weights shipped before today's (the second average), 16 px lost 0.25 pooled IoU on val
-    # and 4 px 0.12 mBA.
+    # second average (docs/model-history.md; the weights shipped before the third), 16 px lost
+    # 0.25 pooled IoU on val and 4 px 0.12 mBA.
     first_band: int | None = 8
     # Also query, at every scale, within the scale's band of the coarse mask's own boundary:
     # a part thinner than a coarse scale's pixels (a stroke, a strap) is erased there and,
