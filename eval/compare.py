@@ -6,11 +6,11 @@ For each method beside the reference, the mean over images of (method - referenc
 IoU and boundary accuracy (the quantities whose means are the table's mean IoU and mBA), and a
 95% percentile interval from resampling the images with replacement, the same resample for
 both methods (so the interval is of the paired difference). An interval that excludes zero says
-the difference is larger than the spread of the images would make by chance. Reads the
-`OUT/<method>/scores.json` files that `python -m eval` writes. `--by source` (or `--by coarse`:
-source and kind of coarse mask, where the data's manifest says) adds a row per group, each
-resampled within itself: two changes that trade one kind of input against another can tie
-overall.
+the difference is larger than the spread of the images would make by chance. The last column
+counts the images whose IoU the method lowers. Reads the `OUT/<method>/scores.json` files that
+`python -m eval` writes. `--by source` (or `--by coarse`: source and kind of coarse mask, where
+the data's manifest says) adds a row per group, each resampled within itself: two changes that
+trade one kind of input against another can tie overall.
 """
 
 from __future__ import annotations
@@ -29,12 +29,14 @@ from airm.scoring import coarse_group
 
 @dataclass(frozen=True)
 class Difference:
-    """mean (method - reference) over n images and its 95% interval, in points (x 100)."""
+    """mean (method - reference) over n images and its 95% interval, in points (x 100); lower:
+    how many of the n images score below the reference."""
 
     mean: float
     low: float
     high: float
     n: int = 0
+    lower: int = 0
 
     def __str__(self) -> str:
         return f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}]"
@@ -48,7 +50,7 @@ def paired_bootstrap(
     rng = np.random.default_rng(seed)
     means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
-    return Difference(float(diff.mean()), float(low), float(high), len(diff))
+    return Difference(float(diff.mean()), float(low), float(high), len(diff), int((diff < 0).sum()))
 
 
 def read_scores(out: Path, method: str) -> dict[str, dict]:
@@ -140,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(
-        f"| method - {args.reference} | images | n | mean IoU (95% interval) | mBA (95% interval) |"
+        f"| method - {args.reference} | images | n | mean IoU (95% interval) "
+        "| mBA (95% interval) | IoU lower |"
     )
-    print("|---|---|--:|---|---|")
+    print("|---|---|--:|---|---|--:|")
     for method in methods:
         for group, names in groups.items():
             try:
@@ -157,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             except (FileNotFoundError, ValueError) as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
-            print(f"| {method} | {group} | {d['iou'].n} | {d['iou']} | {d['mba']} |")
+            iou = d["iou"]
+            print(f"| {method} | {group} | {iou.n} | {iou} | {d['mba']} | {iou.lower} |")
     return 0
 
 

@@ -6,12 +6,12 @@
 Reads the masks that two methods of one `python -m eval` run wrote: the default path and
 `InferenceOptions.exhaustive()`. Counts the pixels that only the every-pixel masks get wrong,
 as false foreground or false background, by their distance from the coarse mask's boundary
-(and the pixels that only the default path gets wrong); then pooled IoU per source, and the
-images with the most extra errors.
+(and the pixels that only the default path gets wrong), beside all the pixels each path gets
+wrong; then pooled IoU and wrong pixels per source, and the images with the most extra errors.
 
 Any two methods of the run compare the same way: `--default coarse --every airm` counts the
-pixels refinement gets wrong that the coarse mask had right, and lists the images it makes
-worse.
+pixels refinement gets wrong that the coarse mask had right, counts and lists the images it
+makes worse.
 
 --rerun K refines those K images again with every pixel queried except at the first scale,
 which keeps the default band. Where that removes the extra errors, they are made at the first
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import cv2
@@ -34,8 +34,9 @@ from airm.metrics import iou_counts
 from airm.morphology import boundaries
 from eval.run import mask_path
 
-# Edges of the distance bins, in pixels from the coarse mask's boundary.
-BINS = (0, 12, 24, 48, 96)
+# Edges of the distance bins, in pixels from the coarse mask's boundary; 32 is the default
+# band's reach (InferenceOptions.band), beyond which the default path does not query.
+BINS = (0, 12, 24, 32, 48, 96)
 
 
 @dataclass
@@ -44,6 +45,8 @@ class Gap:
 
     false_fg: np.ndarray  # (len(BINS),) wrong only on the every-pixel path, by distance bin
     false_bg: np.ndarray
+    wrong_default: np.ndarray  # (len(BINS),) every pixel the default path gets wrong, by bin
+    wrong_every: np.ndarray
     fixed: int  # wrong only on the default path
     inter_default: int
     union_default: int
@@ -56,14 +59,10 @@ class Gap:
         return int(self.false_fg.sum() + self.false_bg.sum()) - self.fixed
 
     def __add__(self, other: Gap) -> Gap:
-        return Gap(
-            self.false_fg + other.false_fg,
-            self.false_bg + other.false_bg,
-            *(getattr(self, f) + getattr(other, f) for f in _COUNTS),
-        )
+        return Gap(*(getattr(self, f) + getattr(other, f) for f in _FIELDS))
 
 
-_COUNTS = ("fixed", "inter_default", "union_default", "inter_every", "union_every")
+_FIELDS = tuple(f.name for f in fields(Gap))
 
 
 def boundary_distance(mask: np.ndarray) -> np.ndarray:
@@ -84,6 +83,8 @@ def image_gap(gt: np.ndarray, coarse: np.ndarray, default: np.ndarray, every: np
     return Gap(
         binned(only_every & every),
         binned(only_every & ~every),
+        binned(default != gt),
+        binned(every != gt),
         int(((default != gt) & (every == gt)).sum()),
         *iou_counts(default, gt),
         *iou_counts(every, gt),
@@ -131,7 +132,7 @@ def first_scale_rerun(
 
 def _total(gaps: list[Gap]) -> Gap:
     zeros = np.zeros(len(BINS), np.int64)
-    return sum(gaps, start=Gap(zeros, zeros, 0, 0, 0, 0, 0))
+    return sum(gaps, start=Gap(zeros, zeros, zeros, zeros, 0, 0, 0, 0, 0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,23 +165,37 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     total = _total(list(gaps.values()))
     labels = [f"{lo}-{hi}" for lo, hi in zip(BINS, BINS[1:], strict=False)] + [f">{BINS[-1]}"]
-    print(f"{len(gaps)} images; pixels only {args.every} gets wrong, by distance (px)")
-    print("from the coarse mask's boundary:\n")
+    print(f"{len(gaps)} images; pixels only {args.every} gets wrong (false fg, false bg), and")
+    print("all that each gets wrong, by distance (px) from the coarse mask's boundary:\n")
     print("| | " + " | ".join(labels) + " | all |")
     print("|---|" + "--:|" * (len(labels) + 1))
-    for name, counts in (("false fg", total.false_fg), ("false bg", total.false_bg)):
+    rows = (
+        ("false fg", total.false_fg),
+        ("false bg", total.false_bg),
+        (f"all wrong, {args.default}", total.wrong_default),
+        (f"all wrong, {args.every}", total.wrong_every),
+    )
+    for name, counts in rows:
         print(f"| {name} | " + " | ".join(str(c) for c in counts) + f" | {counts.sum()} |")
-    print(f"\nwrong on {args.default} only: {total.fixed} pixels\n")
+    print(f"\nwrong on {args.default} only: {total.fixed} pixels")
+    worse = [g.extra for g in gaps.values() if g.extra > 0]
+    print(
+        f"images with more pixels wrong on {args.every} than on {args.default}: "
+        f"{len(worse)}, {sum(worse)} more in all\n"
+    )
 
     sources = sorted({p.source for p in pairs if p.name in gaps})
     names = f"{args.default} | {args.every} | {args.default} minus {args.every}"
-    print(f"| source | images | pooled IoU, {names} |")
-    print("|---|--:|--:|--:|--:|")
+    print(
+        f"| source | images | pooled IoU, {names} | wrong pixels, {args.default} | {args.every} |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|")
     for source in [*sources, "all"]:
         picked = [gaps[p.name] for p in pairs if p.name in gaps and source in ("all", p.source)]
         s = _total(picked)
         d, e = _iou(s.inter_default, s.union_default), _iou(s.inter_every, s.union_every)
-        print(f"| {source} | {len(picked)} | {d:.2f} | {e:.2f} | {d - e:+.2f} |")
+        wrong = f"{s.union_default - s.inter_default} | {s.union_every - s.inter_every}"
+        print(f"| {source} | {len(picked)} | {d:.2f} | {e:.2f} | {d - e:+.2f} | {wrong} |")
 
     worst = sorted(gaps, key=lambda n: gaps[n].extra, reverse=True)[: args.top]
     print(

@@ -186,6 +186,8 @@ def test_compare_by_kind_of_coarse_mask_shows_a_trade_that_ties_overall(tmp_path
     table = capsys.readouterr().out
     assert "| trade | all | 100 |" in table and "| trade | s / lowres | 50 | +3.00" in table
     assert "| trade | s / perturb | 50 | -3.00" in table
+    # The last column counts the images whose IoU went down: every perturbed one.
+    assert [line.rsplit("|", 2)[1].strip() for line in table.splitlines()[2:]] == ["50", "0", "50"]
 
 
 def test_benchmark_reports_every_measurement(tmp_path, tiny_checkpoint, capsys):
@@ -267,7 +269,9 @@ def test_every_pixel_gap_counts_the_errors_only_one_path_makes(tmp_path, tiny_ch
     every[100, 61] = False  # one false background pixel at the boundary
     gap = image_gap(truth, coarse, default, every)
     # The blob lies 82 to 94 px from the coarse boundary: all in the 48-96 bin.
-    assert BINS[3:] == (48, 96) and list(gap.false_fg) == [0, 0, 0, 100, 0]
+    assert BINS[4:] == (48, 96) and list(gap.false_fg) == [0, 0, 0, 0, 100, 0]
+    assert list(gap.wrong_default) == [2, 0, 0, 0, 0, 0]
+    assert list(gap.wrong_every) == [1, 0, 0, 0, 100, 0]
     assert gap.false_bg.sum() == 1 and gap.false_bg[0] == 1
     assert gap.fixed == 2 and gap.extra == 99
     assert gap.inter_every == truth.sum() - 1 and gap.union_every == truth.sum() + 100
@@ -284,8 +288,11 @@ def test_every_pixel_gap_counts_the_errors_only_one_path_makes(tmp_path, tiny_ch
     argv = [str(out), "--data", str(data), "--rerun", "1", "--checkpoint", str(tiny_checkpoint)]
     assert every_pixel(argv) == 0
     report = capsys.readouterr().out
-    assert "| false fg | 0 | 0 | 0 | 100 | 0 | 100 |" in report
+    assert "| false fg | 0 | 0 | 0 | 0 | 100 | 0 | 100 |" in report
     assert "| c-0 | 99 | 100 | 1 |" in report
+    assert "| all wrong, airm_exhaustive | 1 | 0 | 0 | 0 | 100 | 0 | 101 |" in report
+    assert "images with more pixels wrong on airm_exhaustive than on airm: 1, 99 more" in report
+    assert report.count("| 2 | 101 |") == 3  # both sources' rows and the rerun's
     assert "| pooled IoU, airm | airm_exhaustive | airm minus airm_exhaustive |" in report
     # The rerun's row: the wrong pixels of both paths, then its own.
     assert "| c-0 | 2 | 101 |" in report
