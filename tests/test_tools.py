@@ -16,6 +16,7 @@ from airm.io import read_image, read_mask
 from tools import (
     average_weights,
     bench_loader,
+    bench_refine,
     bench_train_step,
     coarse_set,
     lease_job,
@@ -93,6 +94,36 @@ def test_training_step_benchmark_times_both_modes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "round 1 glibc default:" in out and "round 1      retained:" in out
     assert "retained / default speed:" in out
+
+
+def test_refinement_benchmark_alternates_settings_against_the_default(tmp_path, capsys):
+    weights = tmp_path / "tiny.safetensors"
+    save_model(tiny_model("airm_efficientnet_lite0"), weights)
+    settings = bench_refine.parse_settings(
+        [f"tiny={weights}"], ["tiny:band=4", 'f32:precision="float32"', "tiny:first_band=null"]
+    )
+    assert list(settings) == ["default", "tiny", "f32"]
+    assert settings["tiny"].checkpoint == weights and settings["f32"].checkpoint is None
+    assert settings["tiny"].inference == {"band": 4, "first_band": None}
+    # Each round against the same round's baseline: a machine that slows down in round 2 does
+    # not move the ratio, which a ratio of medians would.
+    assert bench_refine.ratio_summary([2.0, 4.0, 2.2], [1.0, 2.0, 1.0]) == (2.0, 2.0, 2.2)
+    for bad in (
+        ([], []),  # nothing to compare
+        ([f"tiny:{weights}"], []),
+        ([f"tiny={tmp_path / 'missing.safetensors'}"], []),
+        ([], ["band=4"]),
+        ([], ["x:nonexistent=1"]),
+        ([], ["x:band=-3"]),
+    ):
+        with pytest.raises(ValueError):
+            bench_refine.parse_settings(*bad)
+    argv = ["--checkpoint", f"tiny={weights}", "--inference", "tiny:band=4", "--sizes", "48x64"]
+    assert bench_refine.main([*argv, "--rounds", "2", "--threads", "1"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| HxW | default s | tiny s | tiny / default |"
+    assert table[2].startswith("| 48x64 | ") and table[2].count("|") == 5
+    assert bench_refine.main(["--inference", "x:band=oops"]) == 2
 
 
 def test_window_counts_are_the_work_of_each_scale():
