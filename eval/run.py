@@ -250,19 +250,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def named_checkpoint(spec: str) -> tuple[str, Path]:
+    """A --checkpoint NAME=PATH flag -> (NAME, PATH); ValueError unless PATH is a file."""
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not Path(path).is_file():
+        raise ValueError(f"--checkpoint wants NAME=PATH of an existing file, got {spec!r}")
+    return name, Path(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    checkpoints: dict[str, Path] = {}
-    for spec in args.checkpoint:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not Path(path).is_file():
-            print(
-                f"error: --checkpoint wants NAME=PATH of an existing file, got {spec!r}",
-                file=sys.stderr,
-            )
-            return 2
-        checkpoints[name] = Path(path)
     try:
+        checkpoints = dict(named_checkpoint(spec) for spec in args.checkpoint)
         inference = dict(field_overrides(args.inference, InferenceOptions, "--inference"))
         InferenceOptions(**inference)
     except (TypeError, ValueError) as e:

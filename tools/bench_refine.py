@@ -30,6 +30,7 @@ from airm.cli.refine import add_precision_argument  # noqa: E402
 from airm.config import field_overrides  # noqa: E402
 from airm.inference import InferenceOptions  # noqa: E402
 from eval.benchmark import EXAMPLE, _load, _timed, parse_size  # noqa: E402
+from eval.run import named_checkpoint  # noqa: E402
 
 BASELINE = "default"
 
@@ -47,10 +48,8 @@ def parse_settings(checkpoints: list[str], inference: list[str]) -> dict[str, Se
     baseline first, then in the order the names first appear. ValueError names the bad flag."""
     settings = {BASELINE: Setting()}
     for spec in checkpoints:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not Path(path).is_file():
-            raise ValueError(f"--checkpoint wants NAME=PATH of an existing file, got {spec!r}")
-        settings.setdefault(name, Setting()).checkpoint = Path(path)
+        name, path = named_checkpoint(spec)
+        settings.setdefault(name, Setting()).checkpoint = path
     for spec in inference:
         name, sep, override = spec.partition(":")
         if not sep or not name:
