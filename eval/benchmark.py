@@ -46,7 +46,8 @@ def parse_size(value: str) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def _load(image_path: str, coarse_path: str, size: tuple[int, int]):
+def load_scene(image_path: str, coarse_path: str, size: tuple[int, int]):
+    """The image (HxWx3 uint8 RGB) and its coarse mask (HxW bool) resized to size (H, W)."""
     import cv2
 
     from airm.io import read_image, read_mask
@@ -68,7 +69,8 @@ def _peaks(device_type: str) -> dict:
     }
 
 
-def _timed(refine, image, coarse, device_type: str):
+def timed_refine(refine, image, coarse, device_type: str):
+    """(mask, seconds) of refine(image, coarse), the GPU synchronised on both sides."""
     import torch
 
     if device_type == "cuda":
@@ -95,10 +97,11 @@ def measure_airm(args: dict) -> dict:
     import numpy as np
 
     refiner = _airm_refiner(args, args["mode"])
-    refiner.refine(*_load(args["image"], args["coarse"], (480, 720)))  # warm-up
-    image, coarse = _load(args["image"], args["coarse"], tuple(args["size"]))
+    refiner.refine(*load_scene(args["image"], args["coarse"], (480, 720)))  # warm-up
+    image, coarse = load_scene(args["image"], args["coarse"], tuple(args["size"]))
     runs = [
-        _timed(refiner.refine, image, coarse, refiner.device.type) for _ in range(args["repeats"])
+        timed_refine(refiner.refine, image, coarse, refiner.device.type)
+        for _ in range(args["repeats"])
     ]
     np.save(args["save"], runs[0][0] > 127)
     seconds = float(np.median([s for _, s in runs]))
@@ -110,7 +113,7 @@ def measure_rounds(args: dict) -> dict:
     process, after a round that is not timed: the seconds of each refinement, [round][size].
     Every other round runs the sizes in reverse order, so that no size keeps its neighbours."""
     refiner = _airm_refiner(args, args["mode"])
-    scenes = [_load(args["image"], args["coarse"], tuple(size)) for size in args["sizes"]]
+    scenes = [load_scene(args["image"], args["coarse"], tuple(size)) for size in args["sizes"]]
     for image, coarse in scenes:
         refiner.refine(image, coarse)
     rounds = []
@@ -118,7 +121,7 @@ def measure_rounds(args: dict) -> dict:
         order = range(len(scenes)) if r % 2 == 0 else reversed(range(len(scenes)))
         seconds = [0.0] * len(scenes)
         for i in order:
-            seconds[i] = _timed(refiner.refine, *scenes[i], refiner.device.type)[1]
+            seconds[i] = timed_refine(refiner.refine, *scenes[i], refiner.device.type)[1]
         rounds.append(seconds)
     return {"sizes": args["sizes"], "seconds": rounds, "options": _options(refiner)}
 
@@ -132,7 +135,7 @@ def measure_folder(args: dict) -> dict:
     from airm.api import get_refiner
     from airm.cli.refine import parse_args, run
 
-    image, coarse = _load(args["image"], args["coarse"], tuple(args["size"]))
+    image, coarse = load_scene(args["image"], args["coarse"], tuple(args["size"]))
     refiner = get_refiner(args["checkpoint"], args["device"])  # the cached one `run` uses
     refiner.refine(image, coarse)
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,8 +182,8 @@ def measure_cascadepsp(args: dict) -> dict:
         except MethodUnavailable as e:
             return {"skipped": str(e)}
     device = torch.device(args["device"] or "cpu")
-    image, coarse = _load(args["image"], args["coarse"], tuple(args["size"]))
-    _, seconds = _timed(refine, image, coarse, device.type)
+    image, coarse = load_scene(args["image"], args["coarse"], tuple(args["size"]))
+    _, seconds = timed_refine(refine, image, coarse, device.type)
     return {"seconds": seconds, "weights": weights, **_peaks(device.type)}
 
 

@@ -292,7 +292,7 @@ def test_every_pixel_gap_counts_the_errors_only_one_path_makes(tmp_path, tiny_ch
     assert "| c-0 | 99 | 100 | 1 |" in report
     assert "| all wrong, airm_exhaustive | 1 | 0 | 0 | 0 | 100 | 0 | 101 |" in report
     assert "images with more pixels wrong on airm_exhaustive than on airm: 1, 99 more" in report
-    assert report.count("| 2 | 101 |") == 3  # both sources' rows and the rerun's
+    assert report.count("| 2 | 101 |") == 3  # the rows of source c and of all, and the rerun's
     assert "| pooled IoU, airm | airm_exhaustive | airm minus airm_exhaustive |" in report
     # The rerun's row: the wrong pixels of both paths, then its own.
     assert "| c-0 | 2 | 101 |" in report

@@ -29,7 +29,7 @@ if __package__ in (None, ""):
 from airm.cli.refine import add_precision_argument  # noqa: E402
 from airm.config import field_overrides  # noqa: E402
 from airm.inference import InferenceOptions  # noqa: E402
-from eval.benchmark import EXAMPLE, _load, _timed, parse_size  # noqa: E402
+from eval.benchmark import EXAMPLE, load_scene, parse_size, timed_refine  # noqa: E402
 from eval.run import named_checkpoint  # noqa: E402
 
 BASELINE = "default"
@@ -90,7 +90,7 @@ def time_settings(
         )
         for name, s in settings.items()
     }
-    scenes = {size: _load(image, coarse, size) for size in sizes}
+    scenes = {size: load_scene(image, coarse, size) for size in sizes}
     for refiner in refiners.values():  # the round that is not timed
         for scene in scenes.values():
             refiner.refine(*scene)
@@ -100,7 +100,9 @@ def time_settings(
         for size, scene in scenes.items():
             for name in order:
                 refiner = refiners[name]
-                times[size][name].append(_timed(refiner.refine, *scene, refiner.device.type)[1])
+                times[size][name].append(
+                    timed_refine(refiner.refine, *scene, refiner.device.type)[1]
+                )
     return times
 
 

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 import airm.inference  # noqa: E402
 from airm.api import get_refiner  # noqa: E402
-from eval.benchmark import EXAMPLE, _load, parse_size  # noqa: E402
+from eval.benchmark import EXAMPLE, load_scene, parse_size  # noqa: E402
 
 FIELDS = ("windows", "encoded_mp", "least_mp", "queries", "seconds")
 
@@ -96,14 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     refiner = get_refiner(args.checkpoint, "cpu").with_options(max_pixels=None)
     image_path, coarse_path = EXAMPLE / "composite_im.jpg", EXAMPLE / "composite_seg.png"
-    refiner.refine(*_load(str(image_path), str(coarse_path), (480, 720)))  # warm-up
+    refiner.refine(*load_scene(str(image_path), str(coarse_path), (480, 720)))  # warm-up
     print(
         f"{'size':>11} {'scale':>11} {'windows':>8} {'encoded MP':>11} {'least MP':>9}"
         f" {'queries':>9} {'s':>7}"
     )
     overall = []
     for size in [parse_size(s) for s in args.sizes.split(",")]:
-        scene = _load(str(image_path), str(coarse_path), size)
+        scene = load_scene(str(image_path), str(coarse_path), size)
         runs = [count_scales(refiner, *scene) for _ in range(args.repeats)]
         scales = runs[0]  # the counts repeat exactly; only the seconds vary
         for i, scale in enumerate(scales):
