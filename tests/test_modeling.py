@@ -171,6 +171,36 @@ def test_hyper_input_norm_standardises_what_the_head_sees():
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_input_norm_restandardised_or_folded_keeps_the_function():
+    model = tiny_model("airm_efficientnet_lite0", hyper_input_norm=True)
+    hyper = model.hypernetwork
+    image, mask = torch.rand(3, 3, 64, 64), (torch.rand(3, 1, 64, 64) > 0.5).float()
+    with torch.no_grad():
+        hyper.head.weight.normal_(0.0, 0.5)  # an image-dependent modulation
+        hyper.body[-2].weight.mul_(300.0)  # pooled features that differ between these images
+        hyper.norm.running_mean.normal_(0.0, 1.0)
+        hyper.norm.running_var.uniform_(0.5, 2.0)
+        expected = model(image, mask).logits
+        seen = []
+        hook = hyper.norm.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        model(image, mask)
+        hook.remove()
+        (h,) = seen
+        hyper.standardise_input(h.mean(0), h.var(0, correction=0))
+        torch.testing.assert_close(model(image, mask).logits, expected, atol=1e-5, rtol=1e-5)
+        # These windows' own statistics: mean 0, variance 1 up to batchnorm's epsilon.
+        var = h.var(0, correction=0)
+        standardised = hyper.norm(h)
+        torch.testing.assert_close(standardised.mean(0), torch.zeros_like(h[0]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(standardised.var(0, correction=0), var / (var + hyper.norm.eps))
+        assert (var > 1e-2).sum() >= 3  # some units do vary
+        hyper.fold_input_norm()
+        assert isinstance(hyper.norm, torch.nn.Identity)
+        torch.testing.assert_close(model(image, mask).logits, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="no input norm"):
+        hyper.fold_input_norm()
+
+
 def test_folded_pixel_features_keep_the_function():
     fusion = PixelFeatureFusion(in_dims=(5, 7, 11), out_dim=6)
     for bn in (fusion.fuse[1], fusion.fuse[4]):

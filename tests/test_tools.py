@@ -1,6 +1,7 @@
 import json
 import shutil
 import tarfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from tools import (
     bench_refine,
     bench_train_step,
     coarse_set,
+    hyper_norm,
     lease_job,
     step_kernels,
     window_area,
@@ -191,6 +193,59 @@ def test_average_weights_refuses_different_networks(tmp_path, capsys):
     save_model(tiny_model("airm_efficientnet_lite0", rank=2), b)
     assert average_weights.main([str(tmp_path / "out.safetensors"), str(a), str(b)]) == 2
     assert "is another network" in capsys.readouterr().err
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_hyper_norm_adds_the_norm_and_folds_it_back_to_the_same_network(tmp_path, capsys):
+    plain = tiny_model("airm_efficientnet_lite0")
+    with torch.no_grad():
+        plain.hypernetwork.head.weight.normal_(0.0, 0.5)  # an image-dependent modulation
+    paths = {name: tmp_path / f"{name}.safetensors" for name in ("plain", "normed", "back")}
+    save_model(plain, paths["plain"])
+    big_folder(tmp_path / "data", [(120, 160), (150, 100), (130, 130)])
+    add = ["add", str(paths["plain"]), str(paths["normed"]), "--data", str(tmp_path / "data")]
+    assert hyper_norm.main([*add, "--items", "4", "--crop-size", "64"]) == 0
+    assert "input norm added over 16 items" in capsys.readouterr().out
+    normed = load_model(paths["normed"])
+    assert normed.config == replace(plain.config, hyper_input_norm=True)
+    norm = normed.hypernetwork.norm
+    assert (norm.running_var != 1.0).any() and (norm.running_mean != 0.0).any()
+    image, mask = torch.rand(2, 3, 64, 64), (torch.rand(2, 1, 64, 64) > 0.5).float()
+    with torch.no_grad():
+        expected = plain(image, mask).logits
+        torch.testing.assert_close(normed(image, mask).logits, expected, atol=1e-5, rtol=1e-5)
+    # A run with frozen norms keeps the statistics, so they fold back into the head exactly.
+    assert hyper_norm.main(["fold", str(paths["normed"]), str(paths["back"])]) == 0
+    config, back, _ = read_checkpoint(paths["back"])
+    assert config == plain.config
+    for name, tensor in plain.state_dict().items():
+        torch.testing.assert_close(back[name], tensor, atol=1e-5, rtol=1e-5)
+
+
+def test_hyper_norm_statistics_are_those_of_the_head_input():
+    model = hyper_norm.with_input_norm(tiny_model("airm_efficientnet_lite0"))
+    image, mask = torch.rand(5, 3, 64, 64), (torch.rand(5, 1, 64, 64) > 0.5).float()
+    mean, var = hyper_norm.head_input_statistics(
+        model, [(image[:2], mask[:2]), (image[2:], mask[2:])]
+    )
+    with torch.no_grad():
+        encoded = model.encoder(
+            torch.cat([(image - model.pixel_mean) / model.pixel_std, mask * 2 - 1], 1)
+        )
+        h = model.hypernetwork.body(model.pixel_features(encoded.stages))
+    torch.testing.assert_close(mean, h.mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(var, h.var(0, correction=0), atol=1e-5, rtol=1e-5)
+
+
+def test_hyper_norm_refuses_a_network_it_cannot_change(tmp_path, capsys):
+    plain, normed = tmp_path / "plain.safetensors", tmp_path / "normed.safetensors"
+    save_model(tiny_model("airm_efficientnet_lite0"), plain)
+    save_model(tiny_model("airm_efficientnet_lite0", hyper_input_norm=True), normed)
+    assert hyper_norm.main(["fold", str(plain), str(tmp_path / "out.safetensors")]) == 2
+    assert "has no hypernetwork input norm" in capsys.readouterr().err
+    add = ["add", str(normed), str(tmp_path / "out.safetensors"), "--data", str(tmp_path)]
+    assert hyper_norm.main(add) == 2
+    assert "already has the hypernetwork's input norm" in capsys.readouterr().err
     assert not (tmp_path / "out.safetensors").exists()
 
 

@@ -60,6 +60,34 @@ class Hypernetwork(nn.Module):
                 start += size
         self.sizes = sizes
 
+    def _input_norm(self) -> nn.BatchNorm1d:
+        if not isinstance(self.norm, nn.BatchNorm1d):
+            raise ValueError("this hypernetwork has no input norm (ModelConfig.hyper_input_norm)")
+        return self.norm
+
+    @torch.no_grad()
+    def standardise_input(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Make the input norm standardise with these statistics (the mean and variance of the
+        head's input over some images), rescaling the head so that the function is unchanged
+        wherever the norm uses its running statistics (inference, training with frozen norms):
+        only how training sees the head changes, each input at unit scale about its mean."""
+        norm = self._input_norm()
+        old_std = (norm.running_var + norm.eps).sqrt()
+        new_std = (var + norm.eps).sqrt()
+        self.head.bias += self.head.weight @ ((mean - norm.running_mean) / old_std)
+        self.head.weight *= (new_std / old_std)[None, :]
+        norm.running_mean.copy_(mean)
+        norm.running_var.copy_(var)
+
+    @torch.no_grad()
+    def fold_input_norm(self) -> None:
+        """Fold the input norm's running statistics into the head and drop the norm: the same
+        function at inference, as a hypernetwork without `hyper_input_norm`."""
+        norm = self._input_norm()
+        self.head.weight /= (norm.running_var + norm.eps).sqrt()[None, :]
+        self.head.bias -= self.head.weight @ norm.running_mean
+        self.norm = nn.Identity()
+
     def forward(self, features: torch.Tensor) -> list[LayerModulation]:
         flat = self.head(self.norm(self.body(features)))  # (B, P)
         batch = flat.shape[0]
