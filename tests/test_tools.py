@@ -20,11 +20,11 @@ from tools import (
     bench_refine,
     bench_train_step,
     coarse_set,
-    hyper_norm,
     lease_job,
     step_kernels,
     window_area,
 )
+from tools import hypernetwork as hyper_tool
 from tools.pack_data import main, pack
 
 from conftest import disc_pair, tiny_model
@@ -196,16 +196,16 @@ def test_average_weights_refuses_different_networks(tmp_path, capsys):
     assert not (tmp_path / "out.safetensors").exists()
 
 
-def test_hyper_norm_adds_the_norm_and_folds_it_back_to_the_same_network(tmp_path, capsys):
+def test_hypernetwork_adds_the_norm_and_folds_it_back_to_the_same_network(tmp_path, capsys):
     plain = tiny_model("airm_efficientnet_lite0")
     with torch.no_grad():
         plain.hypernetwork.head.weight.normal_(0.0, 0.5)  # an image-dependent modulation
     paths = {name: tmp_path / f"{name}.safetensors" for name in ("plain", "normed", "back")}
     save_model(plain, paths["plain"])
     big_folder(tmp_path / "data", [(120, 160), (150, 100), (130, 130)])
-    add = ["add", str(paths["plain"]), str(paths["normed"]), "--data", str(tmp_path / "data")]
-    assert hyper_norm.main([*add, "--items", "4", "--crop-size", "64"]) == 0
-    assert "input norm added over 16 items" in capsys.readouterr().out
+    add = ["norm", str(paths["plain"]), str(paths["normed"]), "--data", str(tmp_path / "data")]
+    assert hyper_tool.main([*add, "--items", "4", "--crop-size", "64"]) == 0
+    assert "input norm added over 3 items" in capsys.readouterr().out
     normed = load_model(paths["normed"])
     assert normed.config == replace(plain.config, hyper_input_norm=True)
     norm = normed.hypernetwork.norm
@@ -215,17 +215,17 @@ def test_hyper_norm_adds_the_norm_and_folds_it_back_to_the_same_network(tmp_path
         expected = plain(image, mask).logits
         torch.testing.assert_close(normed(image, mask).logits, expected, atol=1e-5, rtol=1e-5)
     # A run with frozen norms keeps the statistics, so they fold back into the head exactly.
-    assert hyper_norm.main(["fold", str(paths["normed"]), str(paths["back"])]) == 0
+    assert hyper_tool.main(["fold", str(paths["normed"]), str(paths["back"])]) == 0
     config, back, _ = read_checkpoint(paths["back"])
     assert config == plain.config
     for name, tensor in plain.state_dict().items():
         torch.testing.assert_close(back[name], tensor, atol=1e-5, rtol=1e-5)
 
 
-def test_hyper_norm_statistics_are_those_of_the_head_input():
-    model = hyper_norm.with_input_norm(tiny_model("airm_efficientnet_lite0"))
+def test_hypernetwork_statistics_are_those_of_the_head_input():
+    model = hyper_tool.with_input_norm(tiny_model("airm_efficientnet_lite0"))
     image, mask = torch.rand(5, 3, 64, 64), (torch.rand(5, 1, 64, 64) > 0.5).float()
-    mean, var = hyper_norm.head_input_statistics(
+    mean, var = hyper_tool.head_input_statistics(
         model, [(image[:2], mask[:2]), (image[2:], mask[2:])]
     )
     with torch.no_grad():
@@ -237,15 +237,44 @@ def test_hyper_norm_statistics_are_those_of_the_head_input():
     torch.testing.assert_close(var, h.var(0, correction=0), atol=1e-5, rtol=1e-5)
 
 
-def test_hyper_norm_refuses_a_network_it_cannot_change(tmp_path, capsys):
+def test_hypernetwork_share_bakes_one_modulation_into_a_shared_function(tmp_path, capsys):
+    airmf = tiny_model("airm_efficientnet_lite0")
+    with torch.no_grad():
+        airmf.hypernetwork.head.weight.normal_(0.0, 0.5)  # an image-dependent modulation
+    image, mask = torch.rand(1, 3, 64, 64), (torch.rand(1, 1, 64, 64) > 0.5).float()
+    mean, _ = hyper_tool.head_input_statistics(airmf, [(image, mask)])
+    sirmf = hyper_tool.shared(airmf, mean)  # this image's own modulation, for every window
+    assert sirmf.hypernetwork is None
+    assert sirmf.config == replace(airmf.config, modulation=False)
+    other = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = airmf(image, mask).logits
+        torch.testing.assert_close(sirmf(image, mask).logits, expected, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(sirmf(other, mask).logits, airmf(other, mask).logits, atol=1e-3)
+    # The command takes the mean over training items and writes a SIRMF checkpoint.
+    path, out = tmp_path / "airmf.safetensors", tmp_path / "sirmf.safetensors"
+    save_model(airmf, path)
+    big_folder(tmp_path / "data", [(120, 160), (150, 100), (130, 130)])
+    argv = ["share", str(path), str(out), "--data", str(tmp_path / "data"), "--crop-size", "64"]
+    assert hyper_tool.main(argv) == 0
+    assert "mean h over 3 items (SIRMF)" in capsys.readouterr().out
+    assert load_model(out).config == sirmf.config
+
+
+def test_hypernetwork_refuses_a_network_it_cannot_change(tmp_path, capsys):
     plain, normed = tmp_path / "plain.safetensors", tmp_path / "normed.safetensors"
     save_model(tiny_model("airm_efficientnet_lite0"), plain)
     save_model(tiny_model("airm_efficientnet_lite0", hyper_input_norm=True), normed)
-    assert hyper_norm.main(["fold", str(plain), str(tmp_path / "out.safetensors")]) == 2
+    assert hyper_tool.main(["fold", str(plain), str(tmp_path / "out.safetensors")]) == 2
     assert "has no hypernetwork input norm" in capsys.readouterr().err
-    add = ["add", str(normed), str(tmp_path / "out.safetensors"), "--data", str(tmp_path)]
-    assert hyper_norm.main(add) == 2
+    add = ["norm", str(normed), str(tmp_path / "out.safetensors"), "--data", str(tmp_path)]
+    assert hyper_tool.main(add) == 2
     assert "already has the hypernetwork's input norm" in capsys.readouterr().err
+    sirmf = tmp_path / "sirmf.safetensors"
+    save_model(tiny_model("sirmf_efficientnet_lite0"), sirmf)
+    share = ["share", str(sirmf), str(tmp_path / "out.safetensors"), "--data", str(tmp_path)]
+    assert hyper_tool.main(share) == 2
+    assert "has no hypernetwork: its f is shared already" in capsys.readouterr().err
     assert not (tmp_path / "out.safetensors").exists()
 
 

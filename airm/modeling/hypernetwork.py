@@ -89,7 +89,12 @@ class Hypernetwork(nn.Module):
         self.norm = nn.Identity()
 
     def forward(self, features: torch.Tensor) -> list[LayerModulation]:
-        flat = self.head(self.norm(self.body(features)))  # (B, P)
+        return self.modulation(self.body(features))
+
+    def modulation(self, pooled: torch.Tensor) -> list[LayerModulation]:
+        """The modulation of each layer of f for pooled vectors (B, hidden_dim), the input of
+        the head that `body` gives each window."""
+        flat = self.head(self.norm(pooled))  # (B, P)
         batch = flat.shape[0]
         out: list[LayerModulation] = []
         for chunk, (o, i) in zip(flat.split(self.sizes, dim=1), self.layer_shapes, strict=True):
