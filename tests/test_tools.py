@@ -275,6 +275,15 @@ def test_hypernetwork_refuses_a_network_it_cannot_change(tmp_path, capsys):
     share = ["share", str(sirmf), str(tmp_path / "out.safetensors"), "--data", str(tmp_path)]
     assert hyper_tool.main(share) == 2
     assert "has no hypernetwork: its f is shared already" in capsys.readouterr().err
+    missing = [
+        "share",
+        str(plain),
+        str(tmp_path / "out.safetensors"),
+        "--data",
+        str(tmp_path / "no"),
+    ]
+    assert hyper_tool.main(missing) == 2
+    assert "data folder not found" in capsys.readouterr().err
     assert not (tmp_path / "out.safetensors").exists()
 
 

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--items must be at least 2")
     try:
         print(commands[args.command](args))
-    except CheckpointError as error:
+    except (CheckpointError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
