@@ -275,6 +275,9 @@ def test_hypernetwork_refuses_a_network_it_cannot_change(tmp_path, capsys):
     share = ["share", str(sirmf), str(tmp_path / "out.safetensors"), "--data", str(tmp_path)]
     assert hyper_tool.main(share) == 2
     assert "has no hypernetwork: its f is shared already" in capsys.readouterr().err
+    add = ["norm", str(sirmf), str(tmp_path / "out.safetensors"), "--data", str(tmp_path)]
+    assert hyper_tool.main(add) == 2
+    assert "has no hypernetwork: its f is shared" in capsys.readouterr().err
     missing = [
         "share",
         str(plain),

@@ -43,11 +43,8 @@ from airm.modeling.airm import AIRM  # noqa: E402
 
 
 def with_input_norm(plain: AIRM) -> AIRM:
-    """`plain`'s network with `hyper_input_norm` added, as the identity (the same function)."""
-    if plain.hypernetwork is None:
-        raise CheckpointError(f"{plain.config.variant}: this network has no hypernetwork")
-    if plain.config.hyper_input_norm:
-        raise CheckpointError("this checkpoint already has the hypernetwork's input norm")
+    """`plain`'s network (an AIRMF without `hyper_input_norm`) with that norm added, as the
+    identity (the same function)."""
     model = build_model(dataclasses.replace(plain.config, hyper_input_norm=True))
     norm = model.hypernetwork.norm
     state = {k: v for k, v in model.state_dict().items() if k.startswith("hypernetwork.norm.")}
@@ -91,7 +88,12 @@ def training_batches(args: argparse.Namespace) -> list[tuple[torch.Tensor, torch
 
 
 def norm(args: argparse.Namespace) -> str:
-    model = with_input_norm(load_model(args.input))
+    plain = load_model(args.input)
+    if plain.hypernetwork is None:
+        raise CheckpointError(f"{args.input} has no hypernetwork: its f is shared")
+    if plain.config.hyper_input_norm:
+        raise CheckpointError(f"{args.input} already has the hypernetwork's input norm")
+    model = with_input_norm(plain)
     batches = training_batches(args)
     mean, var = head_input_statistics(model, batches)
     model.hypernetwork.standardise_input(mean, var)
