@@ -36,7 +36,7 @@ def _call(fn: Callable, args: tuple, answers: mp.Queue) -> None:
     try:
         answers.put((True, fn(*args)))
     except BaseException as e:  # KeyboardInterrupt too: the parent must hear, not wait
-        answers.put((False, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+        answers.put((False, (f"{type(e).__name__}: {e}", traceback.format_exc())))
 
 
 def _stop(proc: mp.Process) -> None:
@@ -51,8 +51,9 @@ def _stop(proc: mp.Process) -> None:
 def run_in_process(fn: Callable, *args):
     """fn(*args) in a spawned process (fn must be importable); returns its result.
 
-    Raises ChildError if fn raises there (the message carries the child's traceback) or if the
-    process ends without a result (the message gives its exit code or signal).
+    Raises ChildError if fn raises there (the message's first line names the exception, the
+    rest is the child's traceback) or if the process ends without a result (the message gives
+    its exit code or signal).
     """
     ctx = mp.get_context("spawn")
     answers = ctx.Queue()
@@ -75,7 +76,8 @@ def run_in_process(fn: Callable, *args):
     finally:
         _stop(proc)  # on an error or an interrupt here, the child does not run on
     if not ok:
-        raise ChildError(f"{_name(fn)} failed in its measurement process:\n{value}")
+        summary, trace = value
+        raise ChildError(f"{_name(fn)} raised {summary}\n(in its measurement process)\n{trace}")
     return value
 
 

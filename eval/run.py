@@ -8,7 +8,8 @@ is its own), writes `OUT/<method>/<name>_mask.png`, and is then scored from thos
 table is exactly what the written masks score. Writes `OUT/results.json`, `OUT/results.csv`
 and `OUT/<method>/scores.json` (per image), and prints a markdown table: per method, per source
 (from the folder's manifest.json, else the name's prefix), and the published BIG numbers.
-A method that cannot run here (a package or weights missing) is skipped with its reason.
+A method that cannot run here (a package or weights missing) is skipped with its reason; one
+that fails while it runs is reported with its error, the others still run, and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from airm.config import field_overrides  # noqa: E402
 from airm.data import Pair, find_pairs  # noqa: E402
 from airm.inference import InferenceOptions  # noqa: E402
 from airm.scoring import read_coarse, score_pairs  # noqa: E402
-from eval.child import run_in_process  # noqa: E402
+from eval.child import ChildError, run_in_process  # noqa: E402
 from eval.methods import (  # noqa: E402
     CASCADEPSP_FOLDER,
     MethodUnavailable,
@@ -251,10 +252,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def named_checkpoint(spec: str) -> tuple[str, Path]:
-    """A --checkpoint NAME=PATH flag -> (NAME, PATH); ValueError unless PATH is a file."""
+    """A --checkpoint NAME=PATH flag -> (NAME, PATH); ValueError unless PATH is a file that
+    loads as an airm checkpoint (checked here, before any method runs)."""
+    from airm.checkpoint import CheckpointError, load_model
+
     name, sep, path = spec.partition("=")
     if not sep or not name or not Path(path).is_file():
         raise ValueError(f"--checkpoint wants NAME=PATH of an existing file, got {spec!r}")
+    try:
+        load_model(path)
+    except CheckpointError as e:
+        raise ValueError(f"--checkpoint {name}: {e}") from None
     return name, Path(path)
 
 
@@ -292,9 +300,14 @@ def main(argv: list[str] | None = None) -> int:
         "precision": args.precision,
         "inference": inference,
     }
-    rows, skipped = [], {}
+    rows, skipped, failed = [], {}, {}
     for name in methods:
-        timing = run_in_process(run_method, name, pairs, out, settings)
+        try:
+            timing = run_in_process(run_method, name, pairs, out, settings)
+        except ChildError as e:  # the other methods still run and are scored
+            failed[name] = str(e).splitlines()[0]
+            print(f"error: {name} failed: {e}", file=sys.stderr)
+            continue
         if "skipped" in timing:
             skipped[name] = timing["skipped"]
             print(f"skipped {name}: {timing['skipped']}", file=sys.stderr)
@@ -310,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(rows, coarse))
     for name, reason in skipped.items():
         print(f"\nskipped {name}: {reason}")
-    return 0
+    for name, reason in failed.items():
+        print(f"\nfailed {name}: {reason}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

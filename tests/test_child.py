@@ -38,7 +38,7 @@ def test_returns_the_result():
 
 
 def test_an_exception_in_the_child_is_raised_in_the_parent():
-    with pytest.raises(ChildError, match="ValueError: invalid literal"):
+    with pytest.raises(ChildError, match="^int raised ValueError: invalid literal"):
         run_in_process(int, "not a number")
 
 

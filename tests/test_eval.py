@@ -7,6 +7,7 @@ from PIL import Image
 
 from airm.inference import InferenceOptions
 from airm.metrics import boundary_accuracy, iou_counts
+from eval.child import ChildError
 from eval.run import main
 
 from conftest import disc_pair
@@ -113,6 +114,38 @@ def test_cascadepsp_without_weights_is_skipped_with_a_reason(tmp_path, capsys):
 def test_bad_arguments_exit_2(tmp_path, argv):
     data = big_folder(tmp_path / "val", n=1)
     assert main(["--data", str(data), "--out", str(tmp_path / "out"), *argv]) == 2
+
+
+def test_a_checkpoint_that_does_not_load_exits_2_before_anything_runs(tmp_path, capsys):
+    data, out = big_folder(tmp_path / "val", n=1), tmp_path / "out"
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    argv = ["--data", str(data), "--out", str(out), "--checkpoint", f"mine={broken}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --checkpoint mine: ") and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_method_that_fails_is_reported_and_the_others_still_scored(tmp_path, monkeypatch, capsys):
+    import eval.run
+
+    real = eval.run.run_in_process
+
+    def failing_dense_crf(fn, name, *args):
+        if name == "dense_crf":
+            raise ChildError("run_method raised MemoryError: imitated\n(traceback)")
+        return real(fn, name, *args)
+
+    monkeypatch.setattr(eval.run, "run_in_process", failing_dense_crf)
+    data, out = big_folder(tmp_path / "val", n=2), tmp_path / "out"
+    argv = ["--data", str(data), "--out", str(out), "--methods", "coarse,dense_crf,guided_filter"]
+    assert main(argv) == 1
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in rows] == ["coarse", "guided_filter"]
+    captured = capsys.readouterr()
+    assert "error: dense_crf failed: run_method raised MemoryError: imitated" in captured.err
+    assert "failed dense_crf: run_method raised MemoryError: imitated" in captured.out
 
 
 def test_inference_fields_reach_every_airm_method(tiny_checkpoint):
