@@ -15,7 +15,9 @@ a folder of --folder pairs at --folder-size (images per second, files read and w
 included). CascadePSP's pip package (`segmentation-refinement`, full mode, L=900) refines the
 same scene at --cascadepsp-size on the same device in the same run, with its own weights when
 they are on disk and random weights otherwise (its package downloads them at run time; random
-weights time the same network, and the output says which were used).
+weights time the same network, and the output says which were used). A measurement whose
+process fails (out of memory at the largest size, say) is reported with its error, in the JSON
+too, the others still run, and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from airm.cli.refine import add_precision_argument  # noqa: E402
-from eval.child import run_in_process  # noqa: E402
+from eval.child import ChildError, run_in_process  # noqa: E402
 from eval.methods import AIRM_OPTIONS, CASCADEPSP_FOLDER  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples"
@@ -276,6 +278,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     results: list[dict] = []
+    failures: list[dict] = []  # measurements whose process failed: reported, the rest still run
+
+    def measure(fn, job: dict, **where) -> dict | None:
+        try:
+            return run_in_process(fn, job)
+        except ChildError as e:
+            print(f"error: {fn.__name__} failed: {e}", file=sys.stderr)
+            failures.append({**where, "failed": str(e).splitlines()[0]})
+            return None
+
     if args.every_pixel:
         print("airm queries every pixel (--every-pixel), not the boundary bands")
     print(
@@ -300,35 +312,48 @@ def main(argv: list[str] | None = None) -> int:
                     job["repeats"] = args.repeats if mode == "airm" else 1
                     if mode == "exhaustive":
                         job["mode"] = "airm_exhaustive"
-                    r = run_in_process(measure_airm, {**common, **job})
-                    results.append({"device": device, "size": list(size), "method": mode, **r})
+                    where = {"device": device, "size": list(size), "method": mode}
+                    r = measure(measure_airm, {**common, **job}, **where)
+                    if r is None:
+                        continue
+                    results.append({**where, **r})
                     print(_row(device, mode, size, r), flush=True)
-                if args.compare:
+                if args.compare and all(
+                    Path(tmp, f"{m}_{size[0]}x{size[1]}.npy").exists() for m in modes
+                ):
                     results.append({"device": device, **_agreement(tmp, size)})
         if args.rounds and len(sizes) > 1:
             job = {"sizes": [list(size) for size in sizes], "rounds": args.rounds}
-            r = run_in_process(measure_rounds, {**job, **common})
-            results.append({"device": device, "method": "rounds", **r})
+            r = measure(measure_rounds, {**job, **common}, device=device, method="rounds")
+            if r is not None:
+                results.append({"device": device, "method": "rounds", **r})
         if args.folder:
             size = parse_size(args.folder_size)
-            r = run_in_process(measure_folder, {"size": list(size), "pairs": args.folder, **common})
-            results.append({"device": device, "size": list(size), "method": "folder", **r})
-            print(_row(device, "folder", size, r) + f"   ({1 / r['seconds']:.1f} images/s)")
+            where = {"device": device, "size": list(size), "method": "folder"}
+            r = measure(
+                measure_folder, {"size": list(size), "pairs": args.folder, **common}, **where
+            )
+            if r is not None:
+                results.append({**where, **r})
+                print(_row(device, "folder", size, r) + f"   ({1 / r['seconds']:.1f} images/s)")
         if args.cascadepsp_size != "none":
             size = parse_size(args.cascadepsp_size)
-            r = run_in_process(
-                measure_cascadepsp,
-                {"size": list(size), "cascadepsp_folder": args.cascadepsp_folder, **common},
-            )
-            if "skipped" in r:
+            where = {"device": device, "size": list(size), "method": "cascadepsp"}
+            job = {"size": list(size), "cascadepsp_folder": args.cascadepsp_folder, **common}
+            r = measure(measure_cascadepsp, job, **where)
+            if r is None:
+                pass
+            elif "skipped" in r:
                 print(f"cascadepsp skipped: {r['skipped']}")
             else:
                 results.append({"device": device, "size": list(size), "method": "cascadepsp", **r})
                 print(_row(device, "cascadepsp", size, r) + f"   ({r['weights']})", flush=True)
     _print_ratios(results)
+    for failure in failures:
+        print(f"failed: {failure}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    return 0
+        Path(args.json).write_text(json.dumps(results + failures, indent=2))
+    return 1 if failures else 0
 
 
 def _agreement(folder: str, size: tuple[int, int]) -> dict:

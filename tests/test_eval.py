@@ -252,6 +252,39 @@ def test_benchmark_reports_every_measurement(tmp_path, tiny_checkpoint, capsys):
     assert [r["options"]["band"] for r in results if "options" in r] == [InferenceOptions.band] * 3
 
 
+def test_a_benchmark_measurement_that_fails_is_reported_and_the_rest_still_run(
+    tmp_path, tiny_checkpoint, monkeypatch, capsys
+):
+    import eval.benchmark
+    from eval.benchmark import main as benchmark
+
+    real = eval.benchmark.run_in_process
+
+    def larger_size_fails(fn, job):
+        if job.get("size") == [192, 288]:
+            raise ChildError("measure_airm's measurement process ended without a result: signal 9")
+        return real(fn, job)
+
+    monkeypatch.setattr(eval.benchmark, "run_in_process", larger_size_fails)
+    out = tmp_path / "bench.json"
+    argv = ["--checkpoint", str(tiny_checkpoint), "--devices", "cpu", "--repeats", "1"]
+    argv += ["--sizes", "96x144,192x288", "--rounds", "0", "--folder", "1", "--compare"]
+    argv += ["--folder-size", "96x144", "--cascadepsp-size", "none", "--json", str(out)]
+    assert benchmark(argv) == 1
+    results = json.loads(out.read_text())
+    assert [(r["method"], r.get("size"), "failed" in r) for r in results] == [
+        ("airm", [96, 144], False),
+        ("exhaustive", [96, 144], False),
+        ("agreement", [96, 144], False),
+        ("folder", [96, 144], False),
+        ("airm", [192, 288], True),
+        ("exhaustive", [192, 288], True),
+    ]
+    captured = capsys.readouterr()
+    assert "error: measure_airm failed: measure_airm's measurement process" in captured.err
+    assert "failed: {'device': 'cpu', 'size': [192, 288], 'method': 'airm'" in captured.out
+
+
 def test_benchmark_times_every_pixel_when_asked(tmp_path, tiny_checkpoint, capsys):
     from eval.benchmark import main as benchmark
 
