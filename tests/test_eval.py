@@ -223,16 +223,20 @@ def test_compare_by_kind_of_coarse_mask_shows_a_trade_that_ties_overall(tmp_path
     assert [line.rsplit("|", 2)[1].strip() for line in table.splitlines()[2:]] == ["50", "0", "50"]
 
 
+def benchmark_argv(checkpoint, out, *extra: str) -> list[str]:
+    """python -m eval.benchmark's arguments for two small sizes on the CPU, JSON to out."""
+    argv = ["--checkpoint", str(checkpoint), "--devices", "cpu", "--repeats", "1"]
+    argv += ["--sizes", "96x144,192x288", "--folder-size", "96x144", "--cascadepsp-size", "none"]
+    return [*argv, "--json", str(out), *extra]
+
+
 def test_benchmark_reports_every_measurement(tmp_path, tiny_checkpoint, capsys):
     """python -m eval.benchmark on two small sizes: each size timed in its own process, the
     rounds of both sizes in one process, the folder, and the ratios printed from them."""
     from eval.benchmark import main as benchmark
 
     out = tmp_path / "bench.json"
-    argv = ["--checkpoint", str(tiny_checkpoint), "--devices", "cpu", "--repeats", "1"]
-    argv += ["--sizes", "96x144,192x288", "--rounds", "2", "--folder", "2"]
-    argv += ["--folder-size", "96x144", "--cascadepsp-size", "none", "--json", str(out)]
-    assert benchmark(argv) == 0
+    assert benchmark(benchmark_argv(tiny_checkpoint, out, "--rounds", "2", "--folder", "2")) == 0
     results = json.loads(out.read_text())
     assert [(r["method"], r.get("size")) for r in results] == [
         ("airm", [96, 144]),
@@ -267,9 +271,7 @@ def test_a_benchmark_measurement_that_fails_is_reported_and_the_rest_still_run(
 
     monkeypatch.setattr(eval.benchmark, "run_in_process", larger_size_fails)
     out = tmp_path / "bench.json"
-    argv = ["--checkpoint", str(tiny_checkpoint), "--devices", "cpu", "--repeats", "1"]
-    argv += ["--sizes", "96x144,192x288", "--rounds", "0", "--folder", "1", "--compare"]
-    argv += ["--folder-size", "96x144", "--cascadepsp-size", "none", "--json", str(out)]
+    argv = benchmark_argv(tiny_checkpoint, out, "--rounds", "0", "--folder", "1", "--compare")
     assert benchmark(argv) == 1
     results = json.loads(out.read_text())
     assert [(r["method"], r.get("size"), "failed" in r) for r in results] == [
@@ -289,9 +291,7 @@ def test_benchmark_times_every_pixel_when_asked(tmp_path, tiny_checkpoint, capsy
     from eval.benchmark import main as benchmark
 
     out = tmp_path / "bench.json"
-    argv = ["--checkpoint", str(tiny_checkpoint), "--devices", "cpu", "--repeats", "1"]
-    argv += ["--sizes", "96x144,192x288", "--rounds", "1", "--folder", "1", "--every-pixel"]
-    argv += ["--folder-size", "96x144", "--cascadepsp-size", "none", "--json", str(out)]
+    argv = benchmark_argv(tiny_checkpoint, out, "--rounds", "1", "--folder", "1", "--every-pixel")
     assert benchmark(argv) == 0
     results = json.loads(out.read_text())
     assert [r["method"] for r in results] == ["airm", "airm", "rounds", "folder"]
