@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_in_process(fn, job)
         except ChildError as e:
             print(f"error: {fn.__name__} failed: {e}", file=sys.stderr)
-            failures.append({**where, "failed": str(e).splitlines()[0]})
+            failures.append({**where, "failed": e.summary})
             return None
 
     if args.every_pixel:
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             elif "skipped" in r:
                 print(f"cascadepsp skipped: {r['skipped']}")
             else:
-                results.append({"device": device, "size": list(size), "method": "cascadepsp", **r})
+                results.append({**where, **r})
                 print(_row(device, "cascadepsp", size, r) + f"   ({r['weights']})", flush=True)
     _print_ratios(results)
     for failure in failures:

@@ -24,6 +24,11 @@ TERMINATE_SECONDS = 5.0
 class ChildError(RuntimeError):
     """The measurement process raised, or died without answering."""
 
+    @property
+    def summary(self) -> str:
+        """The message's first line (what went wrong, without the child's traceback)."""
+        return str(self).splitlines()[0]
+
 
 def _exit_with_parent() -> None:
     # The parent's sentinel becomes ready when the parent exits, however it exits (SIGKILL too).
@@ -61,17 +66,14 @@ def run_in_process(fn: Callable, *args):
     proc.start()
     try:
         while True:
+            # Read before waiting: a child that answered and then exited is still heard.
+            alive = proc.is_alive()
             try:
                 ok, value = answers.get(timeout=POLL_SECONDS)
                 break
             except queue_module.Empty:
-                if not proc.is_alive():
-                    # It may have answered just before exiting: look once more.
-                    try:
-                        ok, value = answers.get(timeout=POLL_SECONDS)
-                        break
-                    except queue_module.Empty:
-                        raise ChildError(_death(fn, proc.exitcode)) from None
+                if not alive:
+                    raise ChildError(_death(fn, proc.exitcode)) from None
         proc.join()
     finally:
         _stop(proc)  # on an error or an interrupt here, the child does not run on

@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             timing = run_in_process(run_method, name, pairs, out, settings)
         except ChildError as e:  # the other methods still run and are scored
-            failed[name] = str(e).splitlines()[0]
+            failed[name] = e.summary
             print(f"error: {name} failed: {e}", file=sys.stderr)
             continue
         if "skipped" in timing:
