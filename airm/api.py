@@ -45,8 +45,8 @@ def get_refiner(
 
 
 def refine(
-    image: np.ndarray,
-    coarse: np.ndarray,
+    image: np.ndarray | str | os.PathLike,
+    coarse: np.ndarray | str | os.PathLike,
     *,
     soft: bool = False,
     checkpoint: str | os.PathLike | None = None,
@@ -56,7 +56,8 @@ def refine(
 ) -> np.ndarray:
     """Refine one coarse mask.
 
-    image: HxWx3 uint8 RGB. coarse: HxW bool, 0/1 or 0/255 uint8, or float in [0, 1].
+    image: HxWx3 uint8 RGB. coarse: HxW bool, 0/1 or 0/255 uint8, or float in [0, 1]. Either
+    may be a file's path instead (read as `read_image` and `read_mask` read them).
     Returns HxW uint8 0/255, or HxW float32 probabilities with soft=True.
     options: fields of `InferenceOptions` (scales, band, tile_size, tile_batch, precision, ...).
     """
@@ -64,8 +65,8 @@ def refine(
 
 
 def refine_labels(
-    image: np.ndarray,
-    labels: np.ndarray,
+    image: np.ndarray | str | os.PathLike,
+    labels: np.ndarray | str | os.PathLike,
     *,
     ignore_label: int | None = 255,
     classes: Sequence[int] | None = None,
@@ -76,8 +77,9 @@ def refine_labels(
 ) -> np.ndarray:
     """Refine every class of a label map and fuse the classes back into one map.
 
-    image: HxWx3 uint8 RGB. labels: HxW integers; pixels equal to ignore_label stay as they
-    are (None: no ignore label). classes: refine only these labels (default: every one).
+    image: HxWx3 uint8 RGB. labels: HxW integers (either may be a file's path); pixels equal
+    to ignore_label stay as they are (None: no ignore label). classes: refine only these labels
+    (default: every one).
     Returns an HxW map of the labels' dtype. `airm.labels` documents how classes are fused.
     options: fields of `InferenceOptions`, as for `refine`.
     """

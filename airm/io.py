@@ -6,7 +6,9 @@ to 8-bit, EXIF orientation is applied. Masks become HxW float32 probabilities in
 channel maximum, RGBA masks with a non-constant alpha take the alpha, palette masks are
 foreground wherever the index is non-zero, 16-bit masks are scaled by 65535 (unless no value
 exceeds 255: that is an 8-bit mask stored in 16 bits). Label maps (`read_labels`) are read as
-they are, one integer per pixel, with none of these rules.
+they are, one integer per pixel, with none of these rules. The Python API takes an array or a
+file's path wherever it takes an image, a mask or a label map (`as_image`, `as_mask`,
+`as_labels`).
 
 Every file is written atomically: into a temporary `.<name>.<random>.tmp` beside it, then
 renamed, so a reader never sees a half-written file (nor takes a temporary for an image: its
@@ -236,6 +238,35 @@ def read_labels(
     )
 
 
+def as_image(
+    image: np.ndarray | str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """An image array (`normalize_image`) or an image file's path (`read_image`) -> HxWx3 uint8
+    RGB: what the Python API accepts wherever it takes an image."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image, max_pixels=max_pixels)
+    return normalize_image(image)
+
+
+def as_mask(
+    mask: np.ndarray | str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """A mask array (`normalize_mask`) or a mask file's path (`read_mask`) -> HxW float32."""
+    if isinstance(mask, (str, os.PathLike)):
+        return read_mask(mask, max_pixels=max_pixels)
+    return normalize_mask(mask)
+
+
+def as_labels(
+    labels: np.ndarray | str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """A label map array, as it is, or a label map file's path (`read_labels`, its palette
+    dropped: `read_labels` and `write_labels` keep it)."""
+    if isinstance(labels, (str, os.PathLike)):
+        return read_labels(labels, max_pixels=max_pixels).labels
+    return np.asarray(labels)
+
+
 def write_labels(
     path: str | os.PathLike, labels: np.ndarray, palette: list[int] | None = None
 ) -> None:
@@ -247,7 +278,10 @@ def write_labels(
     if labels.size == 0 or labels.max() <= 255:
         image = Image.fromarray(labels.astype(np.uint8))
         if palette is not None:
-            image.putpalette(palette)  # an L image with a palette becomes P, indices unchanged
+            # an L image with a palette becomes P; PIL renumbers the indices that a short palette
+            # lacks, so it is padded (black) to hold every label
+            missing = 3 * (int(labels.max()) + 1) - len(palette) if labels.size else 0
+            image.putpalette(list(palette) + [0] * max(0, missing))
     else:
         image = Image.fromarray(labels.astype(np.uint16))
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))

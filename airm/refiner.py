@@ -12,7 +12,7 @@ import torch
 
 from airm.checkpoint import load_model
 from airm.inference import InferenceOptions, refine_probability
-from airm.io import DEFAULT_MAX_PIXELS, InputError, check_size, normalize_image, normalize_mask
+from airm.io import DEFAULT_MAX_PIXELS, InputError, as_image, as_labels, as_mask, check_size
 from airm.labels import refine_labels
 from airm.modeling.airm import AIRM
 from airm.modeling.fusion import inference_copy
@@ -54,15 +54,22 @@ class Refiner:
         other.max_pixels = max_pixels
         return other
 
-    def refine(self, image: np.ndarray, coarse: np.ndarray, *, soft: bool = False) -> np.ndarray:
+    def refine(
+        self,
+        image: np.ndarray | str | os.PathLike,
+        coarse: np.ndarray | str | os.PathLike,
+        *,
+        soft: bool = False,
+    ) -> np.ndarray:
         """Refine one mask.
 
-        image: HxWx3 uint8 RGB (grayscale, RGBA and 16-bit are normalised, see `airm.io`).
-        coarse: HxW bool, 0/1 or 0/255 uint8, or float probabilities in [0, 1].
+        image: HxWx3 uint8 RGB (grayscale, RGBA and 16-bit are normalised, see `airm.io`), or
+        an image file's path. coarse: HxW bool, 0/1 or 0/255 uint8, or float probabilities in
+        [0, 1], or a mask file's path (read as `airm.read_mask` reads it).
         Returns HxW uint8 0/255, or with soft=True HxW float32 probabilities in [0, 1].
         """
-        image = normalize_image(image)
-        mask = normalize_mask(coarse)
+        image = as_image(image, max_pixels=self.max_pixels)
+        mask = as_mask(coarse, max_pixels=self.max_pixels)
         if image.shape[:2] != mask.shape:
             raise InputError(
                 f"image is {image.shape[0]}x{image.shape[1]} but the mask is "
@@ -76,16 +83,19 @@ class Refiner:
 
     def refine_labels(
         self,
-        image: np.ndarray,
-        labels: np.ndarray,
+        image: np.ndarray | str | os.PathLike,
+        labels: np.ndarray | str | os.PathLike,
         *,
         ignore_label: int | None = 255,
         classes: Sequence[int] | None = None,
     ) -> np.ndarray:
-        """Refine every class of an HxW integer label map and fuse them into one map.
+        """Refine every class of an HxW integer label map (or a label map file's path) and fuse
+        them into one map.
 
         Returns an HxW map of the labels' dtype; `airm.labels` documents the fusion.
         """
+        image = as_image(image, max_pixels=self.max_pixels)
+        labels = as_labels(labels, max_pixels=self.max_pixels)
         return refine_labels(self, image, labels, ignore_label=ignore_label, classes=classes)
 
     def refine_torch(self, image: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:

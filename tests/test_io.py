@@ -145,6 +145,9 @@ def test_label_files_palette_gray_16bit_and_rgb(tmp_path):
     write_labels(tmp_path / "pal.png", labels, palette)
     read = read_labels(tmp_path / "pal.png")
     assert np.array_equal(read.labels, labels) and read.palette[:6] == [0, 255, 7, 1, 254, 7]
+    write_labels(tmp_path / "short.png", labels, palette[:9])  # colours for 0..2 only
+    read = read_labels(tmp_path / "short.png")
+    assert np.array_equal(read.labels, labels) and read.palette[:9] == palette[:9]
     Image.fromarray(labels).save(tmp_path / "gray.png")
     assert np.array_equal(read_labels(tmp_path / "gray.png").labels, labels)
     deep = labels.astype(np.uint16) * 200

@@ -6,6 +6,7 @@ import pytest
 
 import airm
 from airm import InferenceOptions, InputError, Refiner
+from airm.io import write_labels
 from airm.labels import fuse_probabilities, refine_labels
 
 from conftest import label_pair, tiny_model
@@ -68,6 +69,13 @@ def test_refine_labels_keeps_shape_dtype_and_ignore(refiner, dtype):
     assert set(np.unique(out)) <= set(np.unique(labels))
     ignore = labels == 255
     assert np.array_equal(out[ignore], labels[ignore]) and not np.any(out[~ignore] == 255)
+
+
+def test_a_label_map_file_gives_what_its_array_gives(refiner, tmp_path):
+    image, labels = label_pair(48, 64, seed=4)
+    write_labels(tmp_path / "labels.png", labels, palette=[0, 0, 0, 255, 0, 0, 0, 255, 0])
+    out = refiner.refine_labels(image, tmp_path / "labels.png")
+    assert np.array_equal(out, refiner.refine_labels(image, labels)) and out.dtype == np.uint8
 
 
 def test_refine_labels_matches_a_fusion_of_per_class_refinements(refiner):

@@ -17,6 +17,7 @@ from airm.inference import (
     resize,
     scale_sizes,
 )
+from airm.io import write_mask
 from airm.losses import boundary_band as loss_boundary_band
 from airm.morphology import mixed_windows
 
@@ -50,6 +51,20 @@ def test_mask_encodings_give_the_same_result(refiner):
     reference = refiner.refine(image, coarse)
     for mask in (coarse > 0, (coarse > 0).astype(np.uint8), (coarse > 0).astype(np.float32)):
         assert np.array_equal(refiner.refine(image, mask), reference)
+
+
+def test_files_paths_give_what_their_arrays_give(refiner, tmp_path):
+    image, coarse = disc_pair(64, 80)
+    write_mask(tmp_path / "seg.png", coarse)
+    write_mask(tmp_path / "im.png", image[..., 0])  # a grayscale image file
+    gray = np.repeat(image[..., :1], 3, axis=2)
+    expected = refiner.refine(gray, coarse)
+    assert np.array_equal(refiner.refine(tmp_path / "im.png", str(tmp_path / "seg.png")), expected)
+    with pytest.raises(InputError, match="no such file"):
+        refiner.refine(tmp_path / "missing.png", coarse)
+    small = Refiner(refiner.model, device="cpu", max_pixels=1000)
+    with pytest.raises(InputError, match="above the limit"):
+        small.refine(tmp_path / "im.png", tmp_path / "seg.png")
 
 
 def test_tensor_twin(refiner):
