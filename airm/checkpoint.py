@@ -123,6 +123,9 @@ def load_initial_weights(model: AIRM, path: str | os.PathLike) -> AIRM:
 def load_model(path: str | os.PathLike, *, device: str | torch.device | None = None) -> AIRM:
     """Build the network a checkpoint describes, load its weights, and put it in eval mode."""
     config, tensors, _ = read_checkpoint(path)
-    model = build_model(config)
+    try:
+        model = build_model(config)
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:  # timm: "Unknown model"
+        raise CheckpointError(f"{path} carries a model config that builds no model: {e}") from None
     load_state(model, tensors, source=str(path))
     return model.eval().to(device or "cpu")

@@ -26,11 +26,12 @@ the device (the number of queried pixels, then their count and bounds per tile) 
 (where each batch of windows lies), all before the first window is encoded; the band, the
 gathering of queried pixels and the scattering of results stay on the device; windows go
 through the network `tile_batch` at a time (one on a CPU, 8 on a GPU by default), in bfloat16
-on a GPU by default (`precision`).
+by default where the hardware computes it natively (`precision`, `native_bfloat16`).
 """
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import cv2
@@ -52,11 +53,39 @@ WINDOW_STEP = 2 * SIZE_DIVISOR
 # tile), and those that switch both shortcuts off: every pixel queried, every scale encoded
 # whole.
 EVERY_PIXEL = {"band": None, "first_band": None}
+# InferenceOptions' integer fields: (name, least value, whether None is allowed).
+COUNTS = (
+    ("min_size", 1, False),
+    ("band", 1, True),
+    ("first_band", 1, True),
+    ("chunk_size", 1, True),
+    ("tile_size", 32, True),
+    ("tile_context", 0, False),
+    ("tile_batch", 1, True),
+)
 NO_SHORTCUTS = {**EVERY_PIXEL, "tile_size": None}
 
 
 @dataclass(frozen=True)
 class InferenceOptions:
+    """How an image is refined (the module docstring tells the loop); invalid values raise
+    ValueError. The fields, with their defaults (why each, in the comments of the source):
+
+    scales (0.125, 0.25, 0.5, 1.0), min_size 224, min_step 1.5: the scales refined, coarse to
+        fine, none below min_size on its shorter side, a scale within min_step of the last
+        one skipped.
+    band 32, first_band 8: pixels queried within this distance of the boundary (None: every
+        pixel; `every_pixel()`), at later scales and at the first; coarse_band True: near the
+        coarse mask's own boundary too; uncertain (0.02, 0.98): probabilities always queried.
+    first_trust 1.5: at the first scale the coarse mask's skip counts this many times the
+        model's own weight.
+    tile_size 512, tile_context 32, tile_batch None (1 on a CPU, 8 on a GPU): scales encoded in
+        tiles, with this much image context, so many at once (tile_size None: whole;
+        `exhaustive()` also queries every pixel).
+    chunk_size None (16,384 on a CPU, 2**20 on a GPU): queries evaluated at once.
+    precision "auto": bfloat16 where the hardware computes it natively, else float32.
+    """
+
     # Fractions of the image size to refine at, coarse to fine.
     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
     # No scale's shorter side goes below this (the training crop size).
@@ -96,7 +125,8 @@ class InferenceOptions:
     # intermediates, under 8 MB, are then reused by the allocator instead of being mapped
     # afresh: 10% faster at 8 MP than 65,536), 2**20 on a GPU, where fewer, larger launches pay.
     chunk_size: int | None = None
-    # Encode scales larger than this (either side) tile by tile; None encodes them whole.
+    # Encode scales larger than this (either side) tile by tile; None encodes them whole. A
+    # side no longer than tile_size + 2 tile_context (576 px) stays one tile (`TileGrid`).
     tile_size: int | None = 512
     # Pixels of image context around each tile's queried pixels. 32 rather than 64: on val the
     # same masks within the images' spread (+0.01 mean IoU, +0.08 mBA per image), and on a CPU
@@ -134,20 +164,21 @@ class InferenceOptions:
             raise ValueError(f"scales must go from coarse to fine, got {self.scales}")
         if not self.min_step >= 1:
             raise ValueError(f"min_step must be >= 1, got {self.min_step}")
-        for name in ("band", "first_band"):
+        for name, least, optional in COUNTS:
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 pixel or None, got {value}")
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise ValueError(
+                    f"{name} must be an integer >= {least}{' or None' if optional else ''}, "
+                    f"got {value!r}"
+                )
         if not self.first_trust > 0:
             raise ValueError(f"first_trust must be > 0, got {self.first_trust}")
         if len(self.uncertain) != 2 or not 0 <= self.uncertain[0] <= self.uncertain[1] <= 1:
             raise ValueError(
                 f"uncertain must be (low, high) with 0 <= low <= high <= 1, got {self.uncertain}"
             )
-        if self.tile_size is not None and self.tile_size < 32:
-            raise ValueError(f"tile_size must be >= 32 pixels or None, got {self.tile_size}")
-        if self.tile_batch is not None and self.tile_batch < 1:
-            raise ValueError(f"tile_batch must be >= 1, got {self.tile_batch}")
         if self.precision != "auto" and self.precision not in PRECISIONS:
             raise ValueError(
                 f"precision must be 'auto' or one of {sorted(PRECISIONS)}, got {self.precision!r}"
@@ -203,6 +234,7 @@ def boundary_band(
     both give the same band.
     """
     near_boundary = _near_boundary_cv2 if prob.device.type == "cpu" else mixed_windows
+    band = min(band, max(prob.shape[-2:]))  # wider reaches nothing more
     near = near_boundary(prob > 0.5, band)
     if coarse is not None:
         near |= near_boundary(coarse > 0.5, band)
@@ -329,18 +361,19 @@ class TileGrid:
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype of `precision` on `device`; None: float32. "auto" is bfloat16 on
-    CUDA and on CPUs with native bfloat16 arithmetic (`native_bfloat16`), else float32."""
+    """The autocast dtype of `precision` on `device`; None: float32. "auto" is bfloat16 where
+    the device computes it natively (`native_bfloat16`), else float32."""
     if precision == "auto":
         return torch.bfloat16 if native_bfloat16(device) else None
     return PRECISIONS[precision]
 
 
 def native_bfloat16(device: torch.device) -> bool:
-    """Whether `device` computes bfloat16 products in hardware: CUDA GPUs, and CPUs with
-    AVX512-BF16 or AMX (older CPUs emulate it, slower than float32)."""
+    """Whether `device` computes bfloat16 products in hardware: CUDA GPUs from Ampere on
+    (compute capability 8.0), and CPUs with AVX512-BF16 or AMX (older ones emulate it, slower
+    than float32)."""
     if device.type == "cuda":
-        return True
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type != "cpu":
         return False
     cpu = torch.cpu
@@ -376,7 +409,7 @@ def refine_at_scale(
     tile_batch: windows encoded and queried at once. Tiles go together in order of their
     query counts, so padding each window's queries to its batch's largest count wastes little.
     chunk_size: queries evaluated at once, over the whole batch of windows.
-    precision: "float32", "bfloat16", "float16", or "auto" (bfloat16 on CUDA, else float32).
+    precision: "float32", "bfloat16", "float16", or "auto" (`autocast_dtype`).
     Returns the new (1, 1, h, w) probabilities; unqueried pixels keep `prob`.
 
     The host waits for the device three times a call, all before the first window is encoded
@@ -390,6 +423,8 @@ def refine_at_scale(
     queried, starts, counts, boxes = grid.group(queried_pixels(prob, band, uncertain, coarse))
     out = prob.clone()
     busy = sorted((i for i, n in enumerate(counts) if n), key=lambda i: -counts[i])
+    if not busy:  # nothing near a boundary nor uncertain at this scale (a speck lost in it)
+        return out
     batches = [busy[i : i + tile_batch] for i in range(0, len(busy), tile_batch)]
     windows = [grid.windows([boxes[i] for i in tiles]) for tiles in batches]
     # Each busy tile's first index into `queried`, count and window origin, in batch order,
@@ -475,7 +510,10 @@ def refine_probability(
     if image.dtype == torch.uint8 and image.device.type != "cpu":
         image = as_float(image)  # uint8 resizing is a CPU kernel
     height, width = image.shape[-2:]
-    prob = mask
+    # Contiguous: a transposed mask kept its layout through a full-resolution first scale,
+    # whose flat views of it then failed.
+    image, prob = image.contiguous(), mask.contiguous()
+    mask = prob
     for i, size in enumerate(scale_sizes(height, width, options)):
         prob = refine_at_scale(
             model,

@@ -2,7 +2,8 @@
 
 Images become HxWx3 uint8 RGB: grayscale is replicated, alpha is dropped, 16-bit is scaled
 to 8-bit, EXIF orientation is applied. Masks become HxW float32 probabilities in [0, 1]:
-0/255, 0/1 and bool masks are binary, other values are read as soft; RGB masks take the
+0/255, 0/1 and bool masks are binary, other values are read as soft (float masks a little
+outside [0, 1], as resampling leaves them, are clipped; see `normalize_mask`); RGB masks take the
 channel maximum, RGBA masks with a non-constant alpha take the alpha, palette masks are
 foreground wherever the index is non-zero, 16-bit masks are scaled by 65535 (unless no value
 exceeds 255: that is an 8-bit mask stored in 16 bits). Label maps (`read_labels`) are read as
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -29,6 +30,8 @@ from PIL import Image, ImageOps
 
 # Refuse inputs above this many pixels unless the caller raises it (about 8000 x 8000).
 DEFAULT_MAX_PIXELS = 64_000_000
+# How far outside [0, 1] a float mask may stray and still be probabilities (clipped).
+PROBABILITY_SLACK = 0.5
 
 
 class InputError(ValueError):
@@ -98,29 +101,44 @@ def check_size(height: int, width: int, max_pixels: int | None, what: str) -> No
 
 
 def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
+    """The file's first frame, decoded, EXIF orientation applied; the file is closed.
+
+    `max_pixels` alone bounds the size: Pillow's own limit (about 179 megapixels, against
+    decompression bombs) is lifted while the header is read, under a lock. Any failure of
+    Pillow's decoders is an InputError (a truncated file raises OSError, a malformed EXIF block
+    TypeError)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no such file: {path}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-            try:
-                check_size(image.height, image.width, max_pixels, str(path))
-                image.load()  # decode now, so that truncated files fail here
-            except BaseException:
-                image.close()  # a refused or broken file is not left open
-                raise
-            return ImageOps.exif_transpose(image)
+        with open(path, "rb") as file:
+            with _PILLOW_LIMIT:
+                limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    image = Image.open(file)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = limit
+            check_size(image.height, image.width, max_pixels, str(path))
+            image.load()  # decode now, so that truncated files fail here
+            ImageOps.exif_transpose(image, in_place=True)  # no copy of the pixels
+            return image
     except InputError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise InputError(f"cannot read {path}: {e}") from None
+    except Exception as e:
+        reason = str(e) if isinstance(e, (OSError, ValueError, SyntaxError)) else repr(e)
+        raise InputError(f"cannot read {path}: {reason}") from None
+
+
+_PILLOW_LIMIT = threading.Lock()
 
 
 def normalize_image(image: np.ndarray) -> np.ndarray:
-    """Any HxW, HxWx1, HxWx3 or HxWx4 uint8/uint16/float array -> HxWx3 uint8 RGB."""
+    """Any HxW, HxWx1, HxWx3 or HxWx4 array -> HxWx3 uint8 RGB. Floats are read as [0, 1]
+    (or 0..255 when a value exceeds 1); uint16 as 16-bit; other integers as 8-bit values, or
+    as 16-bit ones when a value exceeds 255."""
     image = np.asarray(image)
+    if image.ndim in (2, 3) and 0 in image.shape[:2]:
+        raise InputError(f"image is empty ({image.shape[0]}x{image.shape[1]})")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
     if image.ndim == 2:
@@ -130,8 +148,6 @@ def normalize_image(image: np.ndarray) -> np.ndarray:
     image = image[..., :3]
     if image.dtype == np.uint8:
         return np.ascontiguousarray(image)
-    if image.dtype == np.uint16:
-        return (image.astype(np.float32) / 257.0).round().astype(np.uint8)
     if image.dtype == bool or not np.issubdtype(image.dtype, np.number):
         raise InputError(f"unsupported image dtype {image.dtype}")
     if np.issubdtype(image.dtype, np.floating):
@@ -139,12 +155,24 @@ def normalize_image(image: np.ndarray) -> np.ndarray:
             raise InputError("image has NaN or infinite values")
         hi = 1.0 if image.max() <= 1.0 else 255.0
         return (np.clip(image / hi, 0, 1) * 255).round().astype(np.uint8)
-    return np.clip(image, 0, 255).astype(np.uint8)
+    if not np.issubdtype(image.dtype, np.integer):
+        raise InputError(f"unsupported image dtype {image.dtype}")
+    low, top = int(image.min()), int(image.max())
+    if low < 0 or top > 65535:
+        raise InputError(f"image values {low}..{top} are outside 8- and 16-bit ranges")
+    if image.dtype == np.uint16 or top > 255:
+        return (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+    return image.astype(np.uint8)
 
 
 def normalize_mask(mask: np.ndarray) -> np.ndarray:
-    """bool, 0/1 or 0/255 integers, 16-bit, or float probabilities -> HxW float32 in [0, 1]."""
+    """bool, 0/1 or 0/255 integers, 16-bit, or float probabilities -> HxW float32 in [0, 1].
+
+    Float masks within [-0.5, 1.5] are probabilities, clipped to [0, 1] (a resampled mask
+    overshoots a little); beyond 1.5, and within 0..255, they are read as 0..255."""
     mask = np.asarray(mask)
+    if mask.ndim in (2, 3) and 0 in mask.shape[:2]:
+        raise InputError(f"mask is empty ({mask.shape[0]}x{mask.shape[1]})")
     if mask.ndim == 3 and mask.shape[2] == 1:
         mask = mask[..., 0]
     if mask.ndim == 3 and mask.shape[2] in (3, 4):
@@ -156,19 +184,22 @@ def normalize_mask(mask: np.ndarray) -> np.ndarray:
     if np.issubdtype(mask.dtype, np.floating):
         if not np.isfinite(mask).all():
             raise InputError("mask has NaN or infinite values")
-        if mask.min() < 0 or mask.max() > 1:
-            if mask.min() >= 0 and mask.max() <= 255:
-                return (mask / 255.0).astype(np.float32)
-            raise InputError("a float mask must hold probabilities in [0, 1] (or 0..255)")
-        return mask.astype(np.float32)
+        low, top = float(mask.min()), float(mask.max())
+        if -PROBABILITY_SLACK <= low and top <= 1 + PROBABILITY_SLACK:
+            return mask.astype(np.float32).clip(0, 1)
+        if 0 <= low and top <= 255:
+            return (mask / 255.0).astype(np.float32)
+        raise InputError(
+            f"a float mask must hold probabilities in [0, 1] (or 0..255), got {low:g}..{top:g}"
+        )
     if not np.issubdtype(mask.dtype, np.integer):
         raise InputError(f"unsupported mask dtype {mask.dtype}")
-    top = int(mask.max()) if mask.size else 0
+    low, top = int(mask.min()), int(mask.max())
+    if low < 0 or top > 65535:
+        raise InputError(f"mask values {low}..{top} are outside 8- and 16-bit ranges")
     if top <= 1:
         return mask.astype(np.float32)
-    if top > 255:
-        return (mask.astype(np.float32) / 65535.0).clip(0, 1)
-    return (mask.astype(np.float32) / 255.0).clip(0, 1)
+    return mask.astype(np.float32) / (65535.0 if top > 255 else 255.0)
 
 
 def read_image(
@@ -176,10 +207,8 @@ def read_image(
 ) -> np.ndarray:
     """Read an image file as HxWx3 uint8 RGB (EXIF orientation applied)."""
     image = _open(path, max_pixels)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return normalize_image(
-            np.asarray(image, dtype=np.uint16 if "16" in image.mode else np.int32)
-        )
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # one channel of 16, 32 bits
+        return normalize_image(np.asarray(image))
     if image.mode != "RGB":
         image = image.convert("RGB")
     return np.array(image)  # writable, unlike np.asarray of a PIL image
@@ -198,10 +227,7 @@ def read_mask(
             return normalize_mask(alpha)
         image = image.convert("RGB" if image.mode == "RGBA" else "L")
     if image.mode in ("1", "L", "RGB", "I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image)
-        if image.mode == "I":
-            array = array.astype(np.uint16 if array.max() > 255 else np.uint8)
-        return normalize_mask(array)
+        return normalize_mask(np.asarray(image))
     return normalize_mask(np.asarray(image.convert("L")))
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -67,11 +69,35 @@ def draw_overlay(
     return picture
 
 
-def write_picture(path: str | os.PathLike, picture: np.ndarray) -> None:
-    """Write an HxWx3 uint8 RGB picture atomically, in the format the path's suffix names."""
+def write_picture(
+    path: str | os.PathLike, picture: np.ndarray, *, then: Callable[[], None] | None = None
+) -> None:
+    """Write an HxWx3 uint8 RGB picture atomically, in the format the path's suffix names.
+
+    then: called once the picture is encoded, before it replaces `path`; if it fails, `path` is
+    left as it was (a pair's mask and overlay: both written or neither)."""
     path = Path(path)
-    image_format = Image.registered_extensions().get(path.suffix.lower())
+    image_format = picture_format(path)
     if image_format is None:
-        raise InputError(f"cannot tell an image format from the name {path.name} (use .jpg/.png)")
+        raise InputError(f"cannot write a picture named {path.name} (use .jpg/.png)")
     extra = {"quality": 90} if image_format == "JPEG" else {}
-    atomic_write(path, lambda tmp: Image.fromarray(picture).save(tmp, format=image_format, **extra))
+
+    def write(tmp: str) -> None:
+        Image.fromarray(picture).save(tmp, format=image_format, **extra)
+        if then is not None:
+            then()
+
+    atomic_write(path, write)
+
+
+def picture_format(path: str | os.PathLike) -> str | None:
+    """The PIL format that a picture file's name asks for, or None when there is none or PIL
+    cannot write an RGB picture in it (it reads more formats than it writes)."""
+    image_format = Image.registered_extensions().get(Path(path).suffix.lower())
+    if image_format not in Image.SAVE:
+        return None
+    try:
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=image_format)
+    except Exception:  # what stops PIL writing one pixel (a missing plugin, a mode it lacks)
+        return None
+    return image_format

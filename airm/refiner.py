@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import warnings
 from collections.abc import Sequence
@@ -12,10 +13,26 @@ import torch
 
 from airm.checkpoint import load_model
 from airm.inference import InferenceOptions, refine_probability
-from airm.io import DEFAULT_MAX_PIXELS, InputError, as_image, as_labels, as_mask, check_size
+from airm.io import (
+    DEFAULT_MAX_PIXELS,
+    PROBABILITY_SLACK,
+    InputError,
+    as_image,
+    as_labels,
+    as_mask,
+    check_size,
+)
 from airm.labels import refine_labels
 from airm.modeling.airm import AIRM
 from airm.modeling.fusion import inference_copy
+
+
+class _Keep:
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = _Keep()  # `Refiner.with_options`: the value of this Refiner
 
 
 class Refiner:
@@ -46,12 +63,16 @@ class Refiner:
         self,
         options: InferenceOptions | None = None,
         *,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        max_pixels: int | None | _Keep = KEEP,
+        **fields,
     ) -> Refiner:
-        """A Refiner that shares this one's prepared model, with other options."""
+        """A Refiner that shares this one's prepared model, with other options: `options`
+        replaces this one's, `fields` (of `InferenceOptions`) change some of them, and what is
+        not given stays as it is (max_pixels=None lifts the pixel limit)."""
         other = copy.copy(self)
-        other.options = options or InferenceOptions()
-        other.max_pixels = max_pixels
+        other.options = dataclasses.replace(options or self.options, **fields)
+        if max_pixels is not KEEP:
+            other.max_pixels = max_pixels
         return other
 
     def refine(
@@ -102,7 +123,8 @@ class Refiner:
         """Tensor twin of `refine`.
 
         image: (3, H, W) uint8 RGB, or float RGB in [0, 1].
-        coarse: (H, W) or (1, H, W), bool or float probabilities in [0, 1] (uint8 as 0..255).
+        coarse: (H, W) or (1, H, W), bool, uint8 (0/1 or 0..255) or float probabilities in
+        [0, 1] (other dtypes are refused: `airm.io.normalize_mask` reads them from arrays).
         Returns (1, H, W) float32 probabilities in [0, 1] on the refiner's device.
         """
         if image.dim() != 3 or image.shape[0] != 3:
@@ -118,19 +140,40 @@ class Refiner:
                 f"{coarse.shape[0]}x{coarse.shape[1]}; they must be the same size"
             )
         check_size(height, width, self.max_pixels, "image")
+        if image.dtype != torch.uint8 and not image.is_floating_point():
+            raise InputError(f"image tensor must be uint8 or float in [0, 1], got {image.dtype}")
         image = image.to(self.device)
         if image.dtype != torch.uint8:
             image = image.float()
-        mask = coarse.to(self.device)
-        mask = (
-            mask.float() / 255.0 if mask.dtype == torch.uint8 and mask.max() > 1 else mask.float()
-        )
+        mask = _probabilities(coarse.to(self.device))
         binary = mask > 0.5
         if not binary.any() or binary.all():
             warnings.warn("the coarse mask is empty or full; returning it unchanged", stacklevel=2)
             return mask[None]
         prob = refine_probability(self.model, image[None], mask[None, None], self.options)
         return prob[0]
+
+
+def _probabilities(mask: torch.Tensor) -> torch.Tensor:
+    """An (H, W) mask tensor (bool, uint8 as 0/1 or 0..255, or float probabilities, clipped
+    within `PROBABILITY_SLACK` of [0, 1]) -> a new contiguous float32 tensor in [0, 1]."""
+    if mask.dtype == torch.bool:
+        return mask.float()
+    if mask.dtype == torch.uint8:
+        return mask.float() / (255.0 if mask.max() > 1 else 1.0)
+    if not mask.is_floating_point():
+        raise InputError(
+            f"mask tensor must be bool, uint8 or float probabilities, got {mask.dtype} "
+            "(airm.io.normalize_mask reads other encodings from arrays)"
+        )
+    if not torch.isfinite(mask).all():
+        raise InputError("mask has NaN or infinite values")
+    low, top = mask.min().item(), mask.max().item()
+    if low < -PROBABILITY_SLACK or top > 1 + PROBABILITY_SLACK:
+        raise InputError(
+            f"a float mask tensor must hold probabilities in [0, 1], got {low:g}..{top:g}"
+        )
+    return mask.float().clamp(0, 1).contiguous()
 
 
 def _default_device() -> torch.device:

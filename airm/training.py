@@ -354,7 +354,7 @@ def adam(groups: list[dict], lr: float) -> torch.optim.Adam:
 
 def training_autocast(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """bfloat16 or None (float32); float16 would need a loss scaler, and is not offered.
-    "auto" is what inference's "auto" is: bfloat16 on CUDA and on CPUs that compute it natively
+    "auto" is what inference's "auto" is: bfloat16 on GPUs and CPUs that compute it natively
     (on this project's AVX512-BF16 CPU, with `float32_depthwise`, about twice as fast as
     float32; the shipped model's last 12,000 iterations trained so), float32 elsewhere."""
     if config.precision not in ("auto", "float32", "bfloat16"):
@@ -732,6 +732,31 @@ def _drop_records_after(log_path: Path, step: int) -> None:
         atomic_write(log_path, lambda tmp: Path(tmp).write_text("".join(f"{x}\n" for x in kept)))
 
 
+def check_config(config: TrainConfig) -> None:
+    """Raise ValueError for a run that cannot start: what `train` would find only later, after
+    making its output folder (the model the overrides describe is built and dropped)."""
+    if config.variant not in VARIANTS:
+        raise ValueError(f"unknown variant {config.variant!r}; choose from {sorted(VARIANTS)}")
+    if not all(0 <= m <= 1 for m in config.lr_milestones):
+        raise ValueError(
+            f"lr_milestones are fractions of the iterations (0 to 1), got {config.lr_milestones}"
+        )
+    if config.ema_decay is not None and not 0 < config.ema_decay < 1:
+        raise ValueError(f"ema_decay must lie between 0 and 1, got {config.ema_decay}")
+    check_compile(config.compile, config.compile_mode)
+    for root in (*config.data, *([config.val] if config.val else [])):
+        try:
+            find_pairs(root)
+        except FileNotFoundError as e:
+            raise ValueError(str(e)) from None
+    try:
+        model_config = build_model(config.variant, **dict(config.model_overrides)).config
+    except (TypeError, ValueError, RuntimeError) as e:  # timm: RuntimeError "Unknown model"
+        raise ValueError(f"--model {dict(config.model_overrides)} builds no model: {e}") from None
+    if model_config.hyper_input_norm and config.batch_size < 2:
+        raise ValueError("hyper_input_norm standardises over the batch: batch_size must be >= 2")
+
+
 def train(
     config: TrainConfig,
     *,
@@ -751,15 +776,7 @@ def train(
     started = time.monotonic()
     if time_limit is not None and not time_limit >= 0:
         raise ValueError(f"time_limit must be a number of seconds >= 0, got {time_limit}")
-    if config.variant not in VARIANTS:
-        raise ValueError(f"unknown variant {config.variant!r}; choose from {sorted(VARIANTS)}")
-    if not all(0 <= m <= 1 for m in config.lr_milestones):
-        raise ValueError(
-            f"lr_milestones are fractions of the iterations (0 to 1), got {config.lr_milestones}"
-        )
-    if config.ema_decay is not None and not 0 < config.ema_decay < 1:
-        raise ValueError(f"ema_decay must lie between 0 and 1, got {config.ema_decay}")
-    check_compile(config.compile, config.compile_mode)
+    check_config(config)
     rank, world, device = _setup_distributed()
     if device.type == "cpu":
         retain_freed_memory()  # 1.23x faster steps on this project's CPU: see airm.allocator
@@ -772,8 +789,6 @@ def train(
     torch.manual_seed(config.seed)
 
     model = build_model(config.variant, **dict(config.model_overrides))
-    if model.config.hyper_input_norm and config.batch_size < 2:
-        raise ValueError("hyper_input_norm standardises over the batch: batch_size must be >= 2")
     if config.encoder_weights and not resuming:
         load_encoder_rgb_weights(model, config.encoder_weights)
     if config.init and not resuming:

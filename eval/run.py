@@ -212,9 +212,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--methods",
         default="coarse,airm",
-        help="comma-separated: coarse, airm, airm_untiled, airm_exhaustive, sirmf, crm, "
-        "cascadepsp, guided_filter, dense_crf, or a NAME given with --checkpoint "
-        "(default: coarse,airm)",
+        help=f"comma-separated: {', '.join(known_methods({}))}, or a NAME given with "
+        "--checkpoint (default: coarse,airm)",
     )
     p.add_argument(
         "--checkpoint",

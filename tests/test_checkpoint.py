@@ -63,6 +63,21 @@ def test_plain_safetensors_is_not_an_airm_checkpoint(tmp_path):
         load_model(path)
 
 
+@pytest.mark.parametrize("field, value", [("feature_dim", "16"), ("encoder", "no-such-net")])
+def test_a_config_that_builds_no_model_is_a_checkpoint_error(tmp_path, field, value):
+    import json
+
+    from safetensors.torch import save_file
+
+    model = tiny_model("airm_efficientnet_lite0")
+    config = {**json.loads(model.config.to_json()), field: value}
+    path = tmp_path / "odd.safetensors"
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path), metadata={"format": "airm-model-1", "config": json.dumps(config)})
+    with pytest.raises(CheckpointError, match="odd.safetensors carries a model config"):
+        load_model(path)
+
+
 def test_init_adds_a_skip_gate_that_starts_as_the_shared_skip(tmp_path):
     from airm.checkpoint import load_initial_weights
 

@@ -304,13 +304,21 @@ def test_bad_checkpoints_are_one_line(tmp_path, tiny_checkpoint, capsys, kind):
         ("files", ["--soft", "--labels"], "do not go together"),
         ("files", ["--ignore-label", "0"], "needs --labels"),
         ("files", ["--overlay", "pic.xyz"], "picture file"),
+        ("files", ["--overlay", "pic.psd"], "picture file that PIL can write"),  # read only
+        ("files", ["--overlay", "pic.fits"], "picture file that PIL can write"),
+        ("files", ["--overlay", "pic.blp"], "picture file that PIL can write"),  # not in RGB
         ("files", ["--min-step", "0.5"], "min_step must be >= 1"),
         ("files", ["--first-trust", "0"], "first_trust must be > 0"),
-        ("files", ["--band", "0"], "band must be >= 1"),
+        ("files", ["--band", "0"], "band must be"),
         ("files", ["--band", "8", "--every-pixel"], "do not go together"),
+        ("files", ["--max-pixels", "0"], "--max-pixels must be at least 1"),
+        ("files", ["--max-pixels", "-5"], "--max-pixels must be at least 1"),
         ("dir_file", [], "must be one too"),
         ("file_dir", [], "--image is a file"),
         ("out_file", [], "--out must be one too"),
+        ("out_dir", [], "--image is a file, so --out must be one too"),
+        ("out_jpg", [], "masks are written as PNG; name a .png file"),
+        ("overlay_dir", [], "--image is a file, so --overlay must be one too"),
     ],
 )
 def test_flags_that_cannot_work_are_one_line(tmp_path, capsys, layout, extra, message):
@@ -324,9 +332,97 @@ def test_flags_that_cannot_work_are_one_line(tmp_path, capsys, layout, extra, me
     elif layout == "out_file":
         image = coarse = tmp_path / "dir"
         out = tmp_path / "a.png"
+    elif layout == "out_dir":
+        out = tmp_path / "dir"
+    elif layout == "out_jpg":
+        out = tmp_path / "o.jpg"
+    elif layout == "overlay_dir":
+        extra = ["--overlay", tmp_path / "dir"]
     assert main(cli_args(image, coarse, out, *extra)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and err.count("\n") == 1
+
+
+def file_contents(*folders) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for folder in folders for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("flag", "target"),
+    [
+        ("--out", "a.jpg"),
+        ("--out", "a.png"),
+        ("--out", "photo_link.jpg"),
+        ("--overlay", "a.jpg"),
+        ("--overlay", "a.png"),
+        ("--overlay", "o.png"),  # --out's
+    ],
+)
+def test_outputs_that_would_replace_inputs_or_each_other_are_refused(
+    tmp_path, tiny_checkpoint, capsys, monkeypatch, flag, target
+):
+    """Relative names and symlinks are followed: a.jpg here is tmp_path/a.jpg in --image."""
+    write_pair(tmp_path, "a")
+    (tmp_path / "photo_link.jpg").symlink_to(tmp_path / "a.jpg")
+    before = file_contents(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    out, overlay = (target, "pic.jpg") if flag == "--out" else ("o.png", target)
+    image, coarse = tmp_path / "a.jpg", tmp_path / "a.png"
+    assert run_cli(tiny_checkpoint, image, coarse, out, "--overlay", overlay) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {flag} and ") and "are the same file" in err, err
+    assert err.count("\n") == 1
+    assert file_contents(tmp_path) == before
+
+
+@pytest.mark.parametrize("failing", ["--out", "--overlay"])
+def test_a_pair_whose_output_or_overlay_cannot_be_written_keeps_both(
+    tmp_path, tiny_checkpoint, capsys, failing
+):
+    write_pair(tmp_path, "a")
+    out, overlay = tmp_path / "o.png", tmp_path / "o.jpg"
+    out.write_bytes(b"previous result")
+    overlay.write_bytes(b"previous picture")
+    (tmp_path / "file").write_bytes(b"not a folder")
+    paths = {"--out": out, "--overlay": overlay}
+    paths[failing] = tmp_path / "file" / paths[failing].name  # its folder is a file
+    image, coarse = tmp_path / "a.jpg", tmp_path / "a.png"
+    outputs = (paths["--out"], "--overlay", paths["--overlay"])
+    assert run_cli(tiny_checkpoint, image, coarse, *outputs) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err
+    assert out.read_bytes() == b"previous result"
+    assert overlay.read_bytes() == b"previous picture"
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary left behind
+
+
+def test_an_unexpected_error_fails_its_pair_not_the_batch(
+    tmp_path, tiny_checkpoint, capsys, monkeypatch
+):
+    """An exception outside PAIR_ERRORS (PIL has raised TypeError on a malformed EXIF block) is
+    one line that names its type; KeyboardInterrupt still stops everything."""
+    from airm.cli import refine as cli
+
+    read_image, error = cli.read_image, TypeError("bad operand type for abs(): 'str'")
+
+    def read(path, **kwargs):
+        if Path(path).stem == "b":
+            raise error  # (looked up at each call: the end of the test changes it)
+        return read_image(path, **kwargs)
+
+    monkeypatch.setattr(cli, "read_image", read)
+    images, masks, out = make_folders(tmp_path, ["a", "b", "c"])
+    assert main(cli_args(images, masks, out, "--checkpoint", tiny_checkpoint, *FAST)) == 1
+    err = capsys.readouterr().err
+    assert "error: b.jpg: TypeError: bad operand type for abs(): 'str'" in err
+    assert "2 refined, 0 skipped, 1 failed, 0 unmatched" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png"]
+    single = (images / "b.jpg", masks / "b.png", tmp_path / "b.png")
+    assert run_cli(tiny_checkpoint, *single) == 1
+    assert capsys.readouterr().err == "error: TypeError: bad operand type for abs(): 'str'\n"
+    error = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        run_cli(tiny_checkpoint, *single)
 
 
 def make_folders(tmp_path, names, height=40, width=56):
@@ -419,6 +515,76 @@ def test_big_layout_in_one_folder(tmp_path, tiny_checkpoint, capsys):
     err = capsys.readouterr().err
     assert "warning: lonely_im.jpg: no coarse mask named lonely; skipped" in err
     assert "2 refined, 0 skipped, 0 failed, 1 unmatched" in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "target"),
+    [
+        ("--out", "im"),
+        ("--out", "seg"),
+        ("--out", "im_link"),
+        ("--overlay", "im"),
+        ("--overlay", "seg"),
+    ],
+)
+def test_output_folders_that_are_input_folders_are_refused(
+    tmp_path, tiny_checkpoint, capsys, monkeypatch, flag, target
+):
+    images, masks, _ = make_folders(tmp_path, ["a", "b"])
+    (tmp_path / "im_link").symlink_to(images)
+    before = file_contents(images, masks)
+    monkeypatch.chdir(tmp_path)
+    out, overlay = (target, "pics") if flag == "--out" else ("out", target)
+    assert run_cli(tiny_checkpoint, images, masks, out, "--overlay", overlay, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {flag} and ") and "are the same folder" in err, err
+    assert err.count("\n") == 1
+    assert file_contents(images, masks) == before
+
+
+def test_out_and_overlay_may_share_a_folder(tmp_path, tiny_checkpoint):
+    images, masks, out = make_folders(tmp_path, ["a"])
+    args = cli_args(images, masks, out, "--overlay", out, "--checkpoint", tiny_checkpoint, *FAST)
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "a.png"]
+
+
+def test_one_folder_of_images_and_masks_pairs_by_big_names(tmp_path, tiny_checkpoint, capsys):
+    """Sharing a folder, name_im.* and name_seg.* tell images from masks: a plain name.* is
+    the other one of a lone name_im.* or name_seg.*, and is passed over beside a full pair."""
+    folder, out = tmp_path / "both", tmp_path / "out"
+    folder.mkdir()
+    for i, (image, coarse) in enumerate(
+        [("p_im.jpg", "p_seg.png"), ("q.jpg", "q_seg.png"), ("r_im.jpg", "r.png")]
+    ):
+        picture, mask = disc_pair(40, 56, seed=i)
+        Image.fromarray(picture).save(folder / image)
+        Image.fromarray(mask).save(folder / coarse)
+    Image.fromarray(255 - disc_pair(40, 56)[1]).save(folder / "p.png")  # unused
+    assert main(cli_args(folder, folder, out, "--checkpoint", tiny_checkpoint, *FAST)) == 0
+    err = capsys.readouterr().err
+    assert "warning: p.png: another image is also named p; skipped" in err
+    assert "3 refined, 0 skipped, 0 failed, 1 unmatched" in err
+    assert sorted(p.name for p in out.iterdir()) == ["p.png", "q.png", "r.png"]
+    for name, image, coarse in (("p", "p_im.jpg", "p_seg.png"), ("r", "r_im.jpg", "r.png")):
+        alone = tmp_path / f"{name}_alone.png"
+        assert run_cli(tiny_checkpoint, folder / image, folder / coarse, alone) == 0
+        assert np.array_equal(
+            np.asarray(Image.open(out / f"{name}.png")), np.asarray(Image.open(alone))
+        )
+
+
+def test_one_folder_with_two_plain_files_of_one_name_is_refused(tmp_path, tiny_checkpoint, capsys):
+    """im/a.jpg and im/a.png in --image im --coarse im: which is the mask? Not guessed."""
+    folder, out = tmp_path / "im", tmp_path / "out"
+    folder.mkdir()
+    write_pair(folder, "a")  # a.jpg and a.png, side by side
+    write_pair(folder, "b")
+    assert main(cli_args(folder, folder, out, "--checkpoint", tiny_checkpoint, *FAST)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1
+    assert "cannot tell a.jpg and a.png apart: name the image a_im.* and the mask a_seg.*" in err
+    assert not out.exists()
 
 
 def test_overlay_of_one_pair(tmp_path, tiny_checkpoint):

@@ -288,11 +288,28 @@ def test_train_model_flags_change_the_model_config(tmp_path, capsys):
         ("nope=1", "FIELD=VALUE with FIELD one of"),
         ("rank", "FIELD=VALUE"),
         ("rank=eight", "not JSON"),
+        ("rank=0", "builds no model: rank must be >= 1"),
+        ('encoder="nosuch"', "builds no model: Unknown model (nosuch)"),
+        ("hyper_input_norm=true", "batch_size must be >= 2"),
     ]:
         assert airm_main([*argv, "--out", str(tmp_path / "bad"), "--model", bad]) == 2
         assert message in capsys.readouterr().err
-    with pytest.raises(ValueError, match="batch_size must be >= 2"):
-        airm_main([*argv, "--out", str(tmp_path / "b1"), "--model", "hyper_input_norm=true"])
+    assert not (tmp_path / "bad").exists()
+
+
+def test_train_schedule_and_data_flags_are_checked_before_training(tmp_path, capsys):
+    data = _training_folder(tmp_path / "data")
+    argv = ["train", *TINY_RUN, "--iterations", "1", "--out", str(tmp_path / "bad")]
+    for flags, message in [
+        (["--data", str(data), "--lr-milestones", "2", "2"], "lr_milestones are fractions"),
+        (["--data", str(data), "--ema-decay", "1.5"], "ema_decay must lie between 0 and 1"),
+        (["--data", str(tmp_path / "none")], "data folder not found"),
+        (["--data", str(data), "--val", str(tmp_path)], "no image/mask pairs"),
+    ]:
+        assert airm_main([*argv, *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err, flags
+    assert not (tmp_path / "bad").exists()
 
 
 def test_train_lr_scale_flags_are_checked_before_training(tmp_path, capsys):
@@ -355,6 +372,5 @@ def test_train_schedule_flags_reach_the_run(tmp_path):
     assert records[0]["train"]["ema_decay"] == 0.9
     assert records[0]["train"]["lr_milestones"] == [1.0, 1.0]
     assert [x["lr"] for x in records if x["event"] == "train"] == [0.01, 0.01]  # constant
-    with pytest.raises(ValueError, match="lr_milestones are fractions"):
-        airm_main([*argv, "--out", str(tmp_path / "bad"), "--lr-milestones", "0.5", "2"])
+    assert airm_main([*argv, "--out", str(tmp_path / "bad"), "--lr-milestones", "0.5", "2"]) == 2
     assert not (tmp_path / "bad").exists()

@@ -212,3 +212,93 @@ def test_overlay_draws_both_boundaries():
     assert (picture[4, 4] == 100).all() and (image == 100).all()
     with pytest.raises(InputError, match="9x9"):
         draw_overlay(image, mask[:8])
+
+
+def test_float_masks_a_little_outside_0_1_are_clipped_not_read_as_0_255():
+    """A resampled mask overshoots [0, 1] a little; read as 0..255 it became empty."""
+    binary = np.zeros((4, 5), bool)
+    binary[1:3, 1:4] = True
+    expected = binary.astype(np.float32)
+    for mask in (
+        expected * 1.02,
+        expected * 1.000001,
+        np.where(binary, 1.0, -0.01),
+        expected * 1.5,
+    ):
+        assert np.array_equal(normalize_mask(mask), expected)
+    assert np.allclose(normalize_mask(expected * 200.0), expected * 200 / 255)
+
+
+def test_integer_masks_and_images_outside_8_and_16_bits_and_empty_arrays_are_refused():
+    with pytest.raises(InputError, match="-1..1"):
+        normalize_mask(np.array([[-1, 1]], np.int8))
+    with pytest.raises(InputError, match="0..70000"):
+        normalize_mask(np.array([[0, 70000]], np.int32))
+    with pytest.raises(InputError, match="-5..10"):
+        normalize_image(np.array([[-5, 10]], np.int32))
+    with pytest.raises(InputError, match="empty"):
+        normalize_mask(np.zeros((0, 4), np.float32))
+    with pytest.raises(InputError, match="empty"):
+        normalize_image(np.zeros((0, 4, 3), np.float32))
+
+
+def test_32_bit_and_float_image_files_are_scaled_not_saturated(tmp_path):
+    """Pillow opens these as modes "I" and "F"; the first was clipped to 255, the second
+    converted to RGB as black."""
+    deep = np.arange(12, dtype=np.int32).reshape(3, 4) * 5000
+    Image.fromarray(deep).save(tmp_path / "i.tif")
+    assert read_image(tmp_path / "i.tif")[2, 3, 0] == round(55000 / 257)
+    assert normalize_image(deep)[2, 3, 0] == round(55000 / 257)
+    unit = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    Image.fromarray(unit).save(tmp_path / "f.tif")
+    assert np.array_equal(read_image(tmp_path / "f.tif")[..., 0], (unit * 255).round())
+
+
+def test_a_malformed_exif_block_is_an_input_error(tmp_path):
+    """Pillow's orientation handling raised TypeError on a resolution stored as text."""
+    import struct
+
+    def entry(tag, kind, count, value):
+        return struct.pack("<HHI", tag, kind, count) + value
+
+    entries = [entry(0x0112, 3, 1, struct.pack("<HH", 6, 0)), entry(0x011A, 2, 4, b"abc\0")]
+    tiff = b"II*\0" + struct.pack("<IH", 8, len(entries)) + b"".join(entries) + b"\0" * 4
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(
+        tmp_path / "odd.jpg", exif=b"Exif\0\0" + tiff
+    )
+    with pytest.raises(InputError, match="cannot read .*odd.jpg"):
+        read_image(tmp_path / "odd.jpg")
+
+
+def test_a_limit_above_pillows_own_is_honoured(tmp_path):
+    """Pillow refuses over 179 megapixels as a decompression bomb whatever max_pixels allows; a
+    file that claims 200 megapixels and holds none is now let in and found truncated."""
+    import struct
+    import zlib
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "small.png")
+    data = bytearray((tmp_path / "small.png").read_bytes())
+    header = struct.pack(">II", 20000, 10000) + bytes(data[24:29])
+    data[16:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    (tmp_path / "big.png").write_bytes(bytes(data))
+    pillows = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(InputError, match="truncated"):
+        read_mask(tmp_path / "big.png", max_pixels=300_000_000)
+    with pytest.raises(InputError, match="above the limit"):
+        read_mask(tmp_path / "big.png")
+    assert Image.MAX_IMAGE_PIXELS == pillows  # Pillow's own again, for everyone else
+
+
+def test_multi_frame_files_are_closed(tmp_path):
+    import gc
+    import warnings
+
+    frames = [Image.fromarray(np.full((6, 6), v, np.uint8)) for v in (0, 255)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = read_image(tmp_path / "a.gif")
+        gc.collect()
+    assert image.shape == (6, 6, 3)
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]

@@ -417,7 +417,11 @@ def test_auto_precision_is_bfloat16_only_where_the_hardware_computes_it(monkeypa
     cpu = torch.device("cpu")
     assert native_bfloat16(cpu) is native
     assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if native else None)
-    assert autocast_dtype(torch.device("cuda"), "auto") == torch.bfloat16
+    for capability, dtype in (((8, 0), torch.bfloat16), ((7, 5), None)):  # Ampere; Turing
+        monkeypatch.setattr(
+            torch.cuda, "get_device_capability", lambda device=None, c=capability: c
+        )
+        assert autocast_dtype(torch.device("cuda"), "auto") == dtype
     assert autocast_dtype(cpu, "float32") is None
     assert autocast_dtype(cpu, "bfloat16") == torch.bfloat16
 
@@ -452,3 +456,90 @@ def test_tile_grid_groups_pixels_by_tile_with_their_bounds(height, width, tile):
                 left + xs.min().item(),
                 left + xs.max().item() + 1,
             )
+
+
+def test_a_speck_that_no_scale_queries_is_returned_not_a_crash(refiner):
+    """A one-pixel object vanishes at the first scale (1/64 of a pixel: neither boundary nor
+    uncertain), which then has nothing to query; that used to fail inside the tile loop."""
+    image, _ = disc_pair(400, 400)
+    coarse = np.zeros((400, 400), np.uint8)
+    coarse[200, 200] = 255
+    assert refiner.refine(image, coarse).shape == (400, 400)
+    labels = np.zeros((400, 400), np.uint8)
+    labels[200:] = 1
+    labels[100, 100] = 2
+    assert refiner.refine_labels(image, labels).shape == (400, 400)
+
+
+def test_a_transposed_mask_refines_as_its_copy(refiner):
+    """At a full-resolution first scale a transposed (Fortran-ordered) mask kept its layout
+    into flat views of it, which failed."""
+    one_scale = refiner.with_options(scales=(1.0,))
+    image, coarse = disc_pair(70, 90)
+    image, coarse = image.transpose(1, 0, 2), coarse.T
+    expected = one_scale.refine(np.ascontiguousarray(image), np.ascontiguousarray(coarse))
+    assert np.array_equal(one_scale.refine(image, coarse), expected)
+    image_t = torch.from_numpy(image).permute(2, 0, 1)
+    assert torch.equal(
+        one_scale.refine_torch(image_t, torch.from_numpy(coarse)),
+        one_scale.refine_torch(image_t.contiguous(), torch.from_numpy(coarse).contiguous()),
+    )
+
+
+def test_tensor_masks_and_images_of_other_encodings_are_refused(refiner):
+    image, coarse = disc_pair(40, 50)
+    image_t, mask_t = torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(coarse)
+    with pytest.raises(InputError, match="image tensor must be uint8 or float"):
+        refiner.refine_torch(image_t.long(), mask_t)
+    with pytest.raises(InputError, match="mask tensor must be bool, uint8 or float"):
+        refiner.refine_torch(image_t, mask_t.long())
+    with pytest.raises(InputError, match=r"probabilities in \[0, 1\], got 0..255"):
+        refiner.refine_torch(image_t, mask_t.float())
+    with pytest.raises(InputError, match="NaN"):
+        refiner.refine_torch(image_t, torch.full((40, 50), float("nan")))
+    assert torch.equal(
+        refiner.refine_torch(image_t, mask_t), refiner.refine_torch(image_t, mask_t > 127)
+    )
+
+
+def test_a_full_mask_comes_back_as_new_probabilities(refiner):
+    image, _ = disc_pair(20, 30)
+    full = torch.full((20, 30), 1.2)  # a resampled mask's overshoot
+    with pytest.warns(UserWarning, match="empty or full"):
+        out = refiner.refine_torch(torch.from_numpy(image).permute(2, 0, 1), full)
+    assert out.max() == 1.0
+    out.zero_()
+    assert (full == 1.2).all()
+
+
+def test_with_options_keeps_what_it_is_not_given(refiner):
+    narrow = refiner.with_options(InferenceOptions(band=12), max_pixels=None)
+    assert narrow.with_options(first_band=4).options == InferenceOptions(band=12, first_band=4)
+    assert narrow.with_options(first_band=4).max_pixels is None
+    assert narrow.with_options(max_pixels=100).options.band == 12
+    assert refiner.with_options().options == refiner.options
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("band", 2.5),
+        ("first_band", 0),
+        ("tile_context", -40),
+        ("chunk_size", 0),
+        ("chunk_size", -5),
+        ("tile_size", 16),
+        ("tile_batch", 0),
+        ("min_size", 0),
+        ("band", True),
+    ],
+)
+def test_counts_that_are_not_whole_or_too_small_are_refused(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be an integer"):
+        InferenceOptions(**{field: value})
+
+
+def test_a_band_wider_than_the_image_queries_as_the_image_wide_one(refiner):
+    image, coarse = disc_pair(60, 80)
+    wide = refiner.with_options(band=10**6, first_band=10**6).refine(image, coarse)
+    assert np.array_equal(wide, refiner.with_options(band=80, first_band=80).refine(image, coarse))

@@ -775,9 +775,10 @@ def test_depthwise_convolutions_train_in_float32_on_a_cpu(variant):
 
 
 def test_auto_precision_is_bfloat16_where_the_hardware_computes_it(monkeypatch):
-    """Training's "auto" follows inference's: bfloat16 on CUDA and on CPUs with native
-    bfloat16 arithmetic, float32 on other CPUs (which emulate it, slowly)."""
+    """Training's "auto" follows inference's: bfloat16 on GPUs and CPUs with native bfloat16
+    arithmetic, float32 on others (which emulate it, slowly)."""
     config = TrainConfig(data=("data",), out="out")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
     assert training_autocast(config, torch.device("cpu")) is None

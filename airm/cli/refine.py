@@ -2,9 +2,11 @@
 folders of them.
 
 Every failure is one line on stderr and a non-zero exit status, never a traceback; an output
-is only ever replaced by a complete file (see `airm.io.atomic_write`). Exit status: 0 when
-everything was refined, 1 when an input could not be (in folder mode the other pairs are still
-done), 2 when the command itself is wrong (flags, checkpoint). A single pair that was refined
+is only ever replaced by a complete file (see `airm.io.atomic_write`), a pair's output and
+overlay are replaced both or neither, and outputs that would replace inputs (or each other) are
+refused. Exit status: 0 when everything was refined, 1 when an input could not be (in folder
+mode the other pairs are still done), 2 when the command itself is wrong (flags, checkpoint,
+folders whose images and masks cannot be told apart). A single pair that was refined
 is reported in one line on stdout (`--quiet` silences it); folders get a progress bar and a
 summary on stderr.
 """
@@ -12,6 +14,7 @@ summary on stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -41,11 +44,12 @@ from airm.io import (
     write_labels,
     write_mask,
 )
-from airm.overlay import draw_overlay, write_picture
+from airm.overlay import draw_overlay, picture_format, write_picture
 from airm.refiner import Refiner
 
-# What may go wrong with one pair without stopping a batch (torch reports out-of-memory and
-# other failures inside the network as RuntimeError).
+# What is expected to go wrong with one pair (torch reports out-of-memory and other failures
+# inside the network as RuntimeError): reported by its message alone. Any other Exception fails
+# its pair too, reported with its type; a batch goes on either way.
 PAIR_ERRORS = (InputError, OSError, RuntimeError, MemoryError)
 
 T = TypeVar("T")
@@ -53,8 +57,12 @@ T = TypeVar("T")
 
 DESCRIPTION = (
     "Refine coarse masks with AIRM. --image/--coarse/--out are three files, or three folders "
-    "(pairs matched by file stem; a BIG-layout name_im.jpg matches name_seg.png; outputs that "
-    "already exist are skipped)."
+    "(pairs matched by file stem; a BIG-layout name_im.jpg matches name_seg.png, each preferred "
+    "over a plain name.*; outputs that already exist are skipped). When --image and --coarse "
+    "are one folder, only these names tell images from masks: name_im.* pairs with name_seg.*, "
+    "or with a plain name.* when one of the two is missing; two plain files of one name "
+    "(name.jpg and name.png) are refused. Outputs never replace inputs: --out and --overlay "
+    "must not name --image's or --coarse's file or folder, nor, for one pair, the same file."
 )
 
 
@@ -62,7 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of refinement, on `p` (refine.py's parser, or `airm refine`'s)."""
     p.add_argument("--image", required=True, help="image file, or folder of images")
     p.add_argument("--coarse", required=True, help="coarse mask file, or folder of masks")
-    p.add_argument("--out", required=True, help="output PNG, or output folder")
+    p.add_argument(
+        "--out", required=True, help="output PNG, or output folder (not an input's folder)"
+    )
     p.add_argument("--soft", action="store_true", help="write probabilities (0..255), not 0/255")
     p.add_argument(
         "--labels",
@@ -81,7 +91,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--overlay",
         default=None,
         help="also draw the coarse (magenta) and refined (cyan) boundaries over the image: a "
-        ".jpg/.png file, or in folder mode a folder that receives name.jpg per pair",
+        ".jpg/.png file, or in folder mode a folder that receives name.jpg per pair (not an "
+        "input's folder; it may be --out's). A pair's output and overlay are written both or "
+        "neither",
     )
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: shipped model)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0")
@@ -121,7 +133,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-pixels",
         type=int,
         default=None,
-        help=f"refuse larger images before reading them (default {DEFAULT_MAX_PIXELS})",
+        help=f"refuse larger images before reading them (at least 1; default {DEFAULT_MAX_PIXELS})",
     )
     p.add_argument(
         "--overwrite", action="store_true", help="in folder mode, redo outputs that exist"
@@ -202,8 +214,13 @@ def match_folders(
     """A Job for every image with a mask of the same name; and why other images have none.
 
     out/<name>.png receives the result (and overlay/<name>.jpg the picture). A BIG-layout
-    <name>_im.* matches <name>_seg.png, which is preferred over a plain <name>.png.
+    <name>_im.* matches <name>_seg.*, each preferred over a plain <name>.* in its folder. When
+    images and masks share a folder, only these names tell them apart: a plain <name>.* is the
+    mask of a <name>_im.* or the image of a <name>_seg.*, and two plain files of one name
+    without both of those raise ValueError (which one is the image?).
     """
+    if _same(images, coarse):
+        _check_shared_folder(images)
     masks: dict[str, Path] = {}
     for m in _images(coarse):
         if m.stem.endswith("_im"):
@@ -211,7 +228,7 @@ def match_folders(
         if m.stem.endswith("_seg") or _stem(m) not in masks:
             masks[_stem(m)] = m
     jobs, unmatched, seen = [], [], set()
-    for image in _images(images):
+    for image in sorted(_images(images), key=lambda p: not p.stem.endswith("_im")):  # _im first
         name = _stem(image)
         if image.stem.endswith(("_gt", "_seg", "_mask")) or masks.get(name) == image:
             continue
@@ -224,6 +241,22 @@ def match_folders(
             picture = overlay / f"{name}.jpg" if overlay is not None else None
             jobs.append(Job(image, masks[name], out / f"{name}.png", picture))
     return jobs, unmatched
+
+
+def _check_shared_folder(folder: Path) -> None:
+    """Raise ValueError where a folder of both images and masks cannot tell them apart: two or
+    more plain files of one name (name.jpg, name.png), with no name_im.* and name_seg.* pair."""
+    names: dict[str, list[Path]] = {}
+    for path in _images(folder):
+        if not path.stem.endswith(("_gt", "_mask")):  # ground truth: never an input
+            names.setdefault(_stem(path), []).append(path)
+    for name, paths in names.items():
+        plain = [p.name for p in paths if p.stem == name]
+        if len(plain) > 1 and not {f"{name}_im", f"{name}_seg"} <= {p.stem for p in paths}:
+            raise ValueError(
+                f"{folder} holds both images and masks, and cannot tell {' and '.join(plain)} "
+                f"apart: name the image {name}_im.* and the mask {name}_seg.*"
+            )
 
 
 @dataclass
@@ -263,16 +296,25 @@ def refine_loaded(settings: Settings, loaded: Loaded) -> np.ndarray:
 
 
 def save_pair(settings: Settings, job: Job, loaded: Loaded, refined: np.ndarray) -> None:
-    """Write the output (unless it was reused) and the overlay, each atomically."""
-    if loaded.refined is None:
+    """Write the output (unless it was reused) and the overlay, each atomically, and both or
+    neither: the overlay is encoded into its temporary first, then the output is written, and
+    only then is the overlay moved into place."""
+
+    def write_output() -> None:
+        if loaded.refined is not None:
+            return
         if settings.labels:
             write_labels(job.out, refined, loaded.palette)
         elif settings.soft:
             write_mask(job.out, (np.clip(refined, 0, 1) * 255).round().astype(np.uint8))
         else:
             write_mask(job.out, np.multiply(refined > 0.5, 255, dtype=np.uint8))
-    if job.overlay is not None:
-        write_picture(job.overlay, draw_overlay(loaded.image, refined, loaded.coarse))
+
+    if job.overlay is None:
+        write_output()
+    else:
+        picture = draw_overlay(loaded.image, refined, loaded.coarse)
+        write_picture(job.overlay, picture, then=write_output)
 
 
 def refine_pair(settings: Settings, job: Job, *, reuse_output: bool = False) -> None:
@@ -281,8 +323,12 @@ def refine_pair(settings: Settings, job: Job, *, reuse_output: bool = False) -> 
     save_pair(settings, job, loaded, refine_loaded(settings, loaded))
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+def _one_line(error: BaseException, *, typed: bool = False) -> str:
+    """The error's message on one line; led by its type when `typed` (or it has no message)."""
+    message = " ".join(str(error).split())
+    if not message:
+        return type(error).__name__
+    return f"{type(error).__name__}: {message}" if typed else message
 
 
 class ThreadWarnings:
@@ -316,6 +362,8 @@ class ThreadWarnings:
             value, error = fn(*args, **kwargs), ""
         except PAIR_ERRORS as e:
             value, error = None, _one_line(e)
+        except Exception as e:  # a bug here or in a library: it fails its pair, not the batch
+            value, error = None, _one_line(e, typed=True)
         with self._lock:
             notes = self._notes.pop(threading.get_ident(), [])
         return Outcome(value, notes, error)
@@ -344,18 +392,41 @@ def _check_flags(args: argparse.Namespace) -> str | None:
         return "--ignore-label needs --labels"
     if args.every_pixel and args.band is not None:
         return "--band and --every-pixel do not go together (every pixel has no band)"
-    if image.is_dir():
+    if args.max_pixels is not None and args.max_pixels < 1:
+        return f"--max-pixels must be at least 1 (got {args.max_pixels})"
+    folders = image.is_dir()
+    outputs = (("--out", out), ("--overlay", overlay))
+    if folders:
         if not coarse.is_dir():
             return f"--image is a folder, so --coarse must be one too ({coarse} is not)"
-        for flag, path in (("--out", out), ("--overlay", overlay)):
+        for flag, path in outputs:
             if path is not None and path.exists() and not path.is_dir():
                 return f"--image is a folder, so {flag} must be one too ({path} is a file)"
-        return None
-    if coarse.is_dir():
-        return f"--image is a file, so --coarse must be one too ({coarse} is a folder)"
-    if overlay is not None and Image.registered_extensions().get(overlay.suffix.lower()) is None:
-        return f"--overlay {overlay}: name a picture file (.jpg or .png)"
+    else:
+        if coarse.is_dir():
+            return f"--image is a file, so --coarse must be one too ({coarse} is a folder)"
+        for flag, path in outputs:
+            if path is not None and path.is_dir():
+                return f"--image is a file, so {flag} must be one too ({path} is a folder)"
+        if overlay is not None and picture_format(overlay) is None:
+            return f"--overlay {overlay}: name a picture file that PIL can write (.jpg or .png)"
+    taken = [("--image", image), ("--coarse", coarse)]
+    if not folders:  # (in folder mode --out and --overlay may share a folder: .png beside .jpg)
+        taken.append(("--out", out))
+    kind = "folder" if folders else "file"
+    for flag, path in outputs:
+        for other, used in taken:
+            if path is not None and flag != other and _same(path, used):
+                return f"{flag} and {other} are the same {kind} ({path}): name another {flag}"
+    if not folders and out.suffix.lower() != ".png":
+        return f"--out {out}: masks are written as PNG; name a .png file"
     return None
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Whether two paths name one file or folder (through relative paths, symlinks, hard
+    links)."""
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
 
 
 def _make_settings(args: argparse.Namespace) -> Settings:
@@ -383,7 +454,13 @@ def run_folders(settings: Settings, args: argparse.Namespace) -> int:
     current pair, so a GPU does not wait for decoding and encoding of files.
     """
     overlay = Path(args.overlay) if args.overlay is not None else None
-    jobs, unmatched = match_folders(Path(args.image), Path(args.coarse), Path(args.out), overlay)
+    try:
+        jobs, unmatched = match_folders(
+            Path(args.image), Path(args.coarse), Path(args.out), overlay
+        )
+    except ValueError as e:  # images and masks that cannot be told apart
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
     for reason in unmatched:
         print(f"warning: {reason}; skipped", file=sys.stderr)
     todo = [job for job in jobs if args.overwrite or not job.done()]

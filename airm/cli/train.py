@@ -15,7 +15,7 @@ from airm.build import VARIANTS
 from airm.config import ModelConfig, field_overrides
 from airm.losses import LossWeights
 from airm.perturb import LOWRES_SIDES
-from airm.training import TrainConfig, check_compile, train
+from airm.training import TrainConfig, check_config, train
 
 DESCRIPTION = __doc__
 
@@ -101,7 +101,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "thresholding them",
     )
     p.add_argument(
-        "--workers", type=int, default=None, help="DataLoader workers per process (default: cores)"
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader workers per process (default: its share of the cores)",
     )
     p.add_argument(
         "--cache-images",
@@ -252,21 +255,21 @@ def run(args: argparse.Namespace) -> int:
             LossWeights(), **dict(field_overrides(args.loss, LossWeights, "--loss"))
         )
         lr_scales = tuple(_lr_scale(text) for text in args.lr_scale)
-        check_compile(args.compile, args.compile_mode)
         if args.time_limit is not None and not args.time_limit >= 0:
             raise ValueError(f"--time-limit takes minutes >= 0, got {args.time_limit}")
+        config = TrainConfig(
+            data=tuple(args.data),
+            out=args.out,
+            model_overrides=overrides,
+            loss=loss,
+            lr_scales=lr_scales,
+            train_only=tuple(args.train_only),
+            **{k: v for k, v in fields.items() if v is not None},
+        )
+        check_config(config)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    config = TrainConfig(
-        data=tuple(args.data),
-        out=args.out,
-        model_overrides=overrides,
-        loss=loss,
-        lr_scales=lr_scales,
-        train_only=tuple(args.train_only),
-        **{k: v for k, v in fields.items() if v is not None},
-    )
     time_limit = None if args.time_limit is None else args.time_limit * 60
     written = train(config, resume=args.resume, time_limit=time_limit)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes the weights
