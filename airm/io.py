@@ -249,6 +249,10 @@ def read_labels(
     """Read an integer label map: palette images give their indices, grayscale (8 or 16-bit)
     its values, bilevel images 0/1. Colour images are refused: their colours are not labels."""
     image = _open(path, max_pixels)
+    if image.format in ("JPEG", "MPO"):
+        raise InputError(
+            f"{path} is a JPEG: its lossy compression invents labels; save label maps as PNG"
+        )
     if image.mode == "P":
         return LabelMap(np.array(image, dtype=np.uint8), image.getpalette())
     if image.mode in ("1", "L"):
@@ -296,12 +300,13 @@ def as_labels(
 def write_labels(
     path: str | os.PathLike, labels: np.ndarray, palette: list[int] | None = None
 ) -> None:
-    """Write an HxW integer label map as PNG atomically: 8-bit (a palette PNG when `palette` is
-    given) when every label fits in 0..255, else 16-bit grayscale."""
+    """Write an HxW integer label map as PNG atomically: 16-bit grayscale for a 16-bit array
+    (as a 16-bit file is read) or labels above 255, else 8-bit (a palette PNG when `palette` is
+    given)."""
     labels = np.asarray(labels)
     if labels.size and (labels.min() < 0 or labels.max() > 65535):
         raise InputError("a PNG holds labels in 0..65535 only")
-    if labels.size == 0 or labels.max() <= 255:
+    if labels.dtype.itemsize != 2 and (labels.size == 0 or labels.max() <= 255):
         image = Image.fromarray(labels.astype(np.uint8))
         if palette is not None:
             # an L image with a palette becomes P; PIL renumbers the indices that a short palette

@@ -7,7 +7,10 @@ takes, at every pixel, the class with the highest probability, with three rules:
 - the original label wins ties, so a pixel that no class claims (every p_c is 0) or that two
   classes claim equally keeps its label;
 - a pixel whose class was not refined (see `classes`) counts as having probability 0.5 for
-  its own class: a refined class takes it over only with a probability above 0.5;
+  its own class: a refined class takes it over only with a probability above 0.5; the other
+  way round, a pixel that its refined class gives up (below 0.5) and that no refined class
+  claims goes to the nearest pixel's class among those not refined, so a refined class
+  shrinks as well as grows (when every class is refined, such a pixel keeps its label);
 - ignore pixels stay ignore_label, and no class takes them over.
 
 The fusion keeps one running maximum, so memory does not grow with the number of classes.
@@ -19,6 +22,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 
 from airm.io import InputError, normalize_image
@@ -74,7 +78,9 @@ def fuse_probabilities(
     fused = labels.copy()
     best = np.zeros(labels.shape, np.float32)  # the highest probability of any refined class
     own = np.full(labels.shape, UNREFINED_PROBABILITY, np.float32)  # p of the original label
+    refined = []
     for c, prob in probabilities:
+        refined.append(c)
         prob = np.asarray(prob, np.float32)
         if prob.shape != labels.shape:
             raise InputError(f"probabilities of class {c} are {prob.shape}, not {labels.shape}")
@@ -84,10 +90,23 @@ def fuse_probabilities(
         fused[higher] = c
         best[higher] = prob[higher]
     keep = own >= best  # ties and unclaimed pixels keep their label
-    if ignore_label is not None:
-        keep |= labels == ignore_label
+    ignored = labels == ignore_label if ignore_label is not None else np.zeros_like(keep)
+    keep |= ignored
     fused[keep] = labels[keep]
+    unrefined = ~np.isin(labels, refined) & ~ignored
+    released = keep & (own < UNREFINED_PROBABILITY)  # only refined classes' pixels are below
+    if unrefined.any() and released.any():
+        fused[released] = nearest_labels(labels, unrefined)[released]
     return fused
+
+
+def nearest_labels(labels: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """HxW: at every pixel, the label of the nearest pixel where `sources` (HxW bool, not all
+    False) holds (OpenCV's 5x5 approximation of the Euclidean distance)."""
+    _, index = cv2.distanceTransformWithLabels(
+        (~sources).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL
+    )
+    return labels[sources][index - 1]  # OpenCV numbers the source pixels from 1, row by row
 
 
 def refine_labels(

@@ -303,6 +303,7 @@ def test_bad_checkpoints_are_one_line(tmp_path, tiny_checkpoint, capsys, kind):
     [
         ("files", ["--soft", "--labels"], "do not go together"),
         ("files", ["--ignore-label", "0"], "needs --labels"),
+        ("files", ["--labels", "--ignore-label", "70000"], "--ignore-label must be in 0..65535"),
         ("files", ["--overlay", "pic.xyz"], "picture file"),
         ("files", ["--overlay", "pic.psd"], "picture file that PIL can write"),  # read only
         ("files", ["--overlay", "pic.fits"], "picture file that PIL can write"),

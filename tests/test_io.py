@@ -162,6 +162,19 @@ def test_label_files_palette_gray_16bit_and_rgb(tmp_path):
         write_labels(tmp_path / "neg.png", np.array([[-1, 0]]))
 
 
+def test_label_maps_keep_16_bits_and_jpegs_are_refused(tmp_path):
+    """A 16-bit map whose labels fit in 8 bits was written back as 8-bit; a JPEG's compression
+    invents labels between the true ones."""
+    from airm.io import read_labels, write_labels
+
+    small = np.array([[0, 1], [2, 255]], np.uint16)
+    write_labels(tmp_path / "deep.png", small)
+    assert read_labels(tmp_path / "deep.png").labels.dtype == np.uint16
+    Image.fromarray(small.astype(np.uint8)).save(tmp_path / "labels.jpg")
+    with pytest.raises(InputError, match="JPEG"):
+        read_labels(tmp_path / "labels.jpg")
+
+
 def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
     from airm.io import atomic_write
 

@@ -182,3 +182,28 @@ def test_default_model_improves_a_blocky_label_map():
     print(f"pooled IoU coarse {before:.4f} -> refined {after:.4f} in {seconds:.1f} s")
     assert np.array_equal(refined[:, :4], coarse[:, :4])
     assert after > before + 0.05
+
+
+def test_fusion_a_refined_class_gives_up_pixels_to_the_nearest_unrefined_class():
+    """With `classes`, a refined class used to keep every pixel it gave up (nothing refined
+    took them), so it could grow but never shrink."""
+    labels = np.array([[0, 1, 1, 1, 1, 2]], np.uint8)
+    probabilities = [(1, np.array([[0.0, 0.1, 0.9, 0.9, 0.2, 0.0]]))]  # 0 and 2 unrefined
+    assert fuse_probabilities(labels, probabilities).tolist() == [[0, 0, 1, 1, 2, 2]]
+    everything = [*probabilities, (0, np.zeros((1, 6))), (2, np.zeros((1, 6)))]
+    assert fuse_probabilities(labels, everything).tolist() == [[0, 1, 1, 1, 1, 2]]  # unclaimed
+
+
+def test_refining_one_class_shrinks_it_to_its_refined_mask():
+    image, labels = label_pair(40, 40)
+    kept = (labels == 2) & np.roll(labels == 2, 3, axis=1)  # class 2 less 3 columns
+
+    class Shrinking:
+        def refine(self, image, coarse, *, soft):
+            return (coarse & kept).astype(np.float32)
+
+    out = refine_labels(Shrinking(), image, labels, classes=[2])
+    assert np.array_equal(out == 2, kept)
+    released = (labels == 2) & ~kept
+    assert set(np.unique(out[released])) <= {0, 1}  # unrefined classes; never ignore (255)
+    assert np.array_equal(out == 255, labels == 255)

@@ -392,6 +392,8 @@ def _check_flags(args: argparse.Namespace) -> str | None:
         return "--ignore-label needs --labels"
     if args.every_pixel and args.band is not None:
         return "--band and --every-pixel do not go together (every pixel has no band)"
+    if args.ignore_label is not None and not 0 <= args.ignore_label <= 65535:
+        return "--ignore-label must be in 0..65535, as 8- and 16-bit label maps hold"
     if args.max_pixels is not None and args.max_pixels < 1:
         return f"--max-pixels must be at least 1 (got {args.max_pixels})"
     folders = image.is_dir()
