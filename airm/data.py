@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from airm.io import read_image, read_mask
+from airm.io import InputError, read_image, read_mask, read_size
 from airm.morphology import boundaries, nonzero_points
 from airm.perturb import LOWRES_SIDES, cascade_mask, lowres_mask, perturb_mask
 
@@ -38,6 +38,59 @@ class Pair:
     coarse_kind: str = ""
 
 
+def _files(folder: Path) -> list[Path]:
+    """A folder's image files; hidden ones (macOS's ._name resource forks, temporaries) are not."""
+    return [
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    ]
+
+
+def check_pairs(pairs: list[Pair], what: str) -> None:
+    """Raise ValueError, naming the files, if any pair's files cannot be read or differ in size;
+    from their headers alone (a truncated file is found only when it is decoded)."""
+    problems = []
+    for pair in pairs:
+        try:
+            size = read_size(pair.image)
+            for path in (pair.mask, pair.coarse):
+                if path is not None and read_size(path) != size:
+                    problems.append(f"{path.name} is {read_size(path)}, {pair.image.name} {size}")
+        except InputError as e:
+            problems.append(str(e))
+    if problems:
+        shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+        raise ValueError(f"{len(problems)} of the {len(pairs)} {what} pairs are unusable: {shown}")
+
+
+def check_augmentations(
+    *,
+    far_fraction: float,
+    paste_fraction: float,
+    whole_fraction: float,
+    cascade_fraction: float,
+    rotate_degrees: float,
+    lowres_sides: tuple[int, int],
+) -> None:
+    """Raise ValueError for options of `RefinementDataset` out of their range."""
+    fractions = {
+        "far_fraction": far_fraction,
+        "paste_fraction": paste_fraction,
+        "whole_fraction": whole_fraction,
+        "cascade_fraction": cascade_fraction,
+    }
+    for name, value in fractions.items():
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    if not 0.0 <= rotate_degrees <= 180.0:
+        raise ValueError(f"rotate_degrees must be in [0, 180], got {rotate_degrees}")
+    if not 8 <= lowres_sides[0] <= lowres_sides[1]:
+        raise ValueError(
+            f"lowres_sides must be (low, high) with 8 <= low <= high, got {lowres_sides}"
+        )
+
+
 def find_pairs(root: str | os.PathLike) -> list[Pair]:
     """Every image/mask pair under one root, in either layout, sorted by name."""
     root = Path(root)
@@ -45,16 +98,14 @@ def find_pairs(root: str | os.PathLike) -> list[Pair]:
         raise FileNotFoundError(f"data folder not found: {root}")
     pairs = []
     if (root / "images").is_dir() and (root / "masks").is_dir():
-        masks = {
-            p.stem: p for p in (root / "masks").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-        }
-        for image in sorted((root / "images").iterdir()):
-            if image.suffix.lower() in IMAGE_SUFFIXES and image.stem in masks:
+        masks = {p.stem: p for p in _files(root / "masks")}
+        for image in sorted(_files(root / "images")):
+            if image.stem in masks:
                 pairs.append(Pair(image.stem, image, masks[image.stem]))
     else:
-        for image in sorted(root.iterdir()):
+        for image in sorted(_files(root)):
             stem = image.stem
-            if not stem.endswith("_im") or image.suffix.lower() not in IMAGE_SUFFIXES:
+            if not stem.endswith("_im"):
                 continue
             name = stem[: -len("_im")]
             gt = root / f"{name}_gt.png"
@@ -267,21 +318,14 @@ class RefinementDataset(Dataset):
         cache: bool = False,
         cache_threads: int = 1,
     ) -> None:
-        fractions = {
-            "far_fraction": far_fraction,
-            "paste_fraction": paste_fraction,
-            "whole_fraction": whole_fraction,
-            "cascade_fraction": cascade_fraction,
-        }
-        for name, value in fractions.items():
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if not 0.0 <= rotate_degrees <= 180.0:
-            raise ValueError(f"rotate_degrees must be in [0, 180], got {rotate_degrees}")
-        if not 8 <= lowres_sides[0] <= lowres_sides[1]:
-            raise ValueError(
-                f"lowres_sides must be (low, high) with 8 <= low <= high, got {lowres_sides}"
-            )
+        check_augmentations(
+            far_fraction=far_fraction,
+            paste_fraction=paste_fraction,
+            whole_fraction=whole_fraction,
+            cascade_fraction=cascade_fraction,
+            rotate_degrees=rotate_degrees,
+            lowres_sides=lowres_sides,
+        )
         self.pairs = pairs
         self.crop_size = crop_size
         self.far_fraction = far_fraction
@@ -348,7 +392,9 @@ class RefinementDataset(Dataset):
         image = read_image(pair.image)
         gt = read_mask(pair.mask) > 0.5
         if gt.shape != image.shape[:2]:
-            raise ValueError(f"{pair.name}: image {image.shape[:2]} and mask {gt.shape} differ")
+            raise ValueError(
+                f"{pair.image} is {image.shape[:2]} but its mask {pair.mask} is {gt.shape}"
+            )
         image.flags.writeable = gt.flags.writeable = False
         return image, gt
 

@@ -45,8 +45,10 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         write(tmp)
+        # mkstemp makes 0600; the usual permissions, set after `write`, which may have made
+        # the file anew (safetensors' save_file does)
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "r+b") as f:
             os.fsync(f.fileno())  # the data reaches the disk before the name does
         os.replace(tmp, path)
@@ -112,12 +114,7 @@ def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
         raise InputError(f"no such file: {path}")
     try:
         with open(path, "rb") as file:
-            with _PILLOW_LIMIT:
-                limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-                try:
-                    image = Image.open(file)
-                finally:
-                    Image.MAX_IMAGE_PIXELS = limit
+            image = _open_header(file)
             check_size(image.height, image.width, max_pixels, str(path))
             image.load()  # decode now, so that truncated files fail here
             ImageOps.exif_transpose(image, in_place=True)  # no copy of the pixels
@@ -125,11 +122,40 @@ def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
     except InputError:
         raise
     except Exception as e:
-        reason = str(e) if isinstance(e, (OSError, ValueError, SyntaxError)) else repr(e)
-        raise InputError(f"cannot read {path}: {reason}") from None
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: Path, error: Exception) -> InputError:
+    reason = str(error) if isinstance(error, (OSError, ValueError, SyntaxError)) else repr(error)
+    return InputError(f"cannot read {path}: {reason}")
 
 
 _PILLOW_LIMIT = threading.Lock()
+
+
+def _open_header(file) -> Image.Image:
+    """Image.open with Pillow's own pixel limit lifted (see `_open`)."""
+    with _PILLOW_LIMIT:
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(file)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+
+
+def read_size(path: str | os.PathLike) -> tuple[int, int]:
+    """An image file's (height, width) as `read_image` would return it (EXIF orientation
+    applied), from its header alone; InputError when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no such file: {path}")
+    try:
+        with open(path, "rb") as file:
+            image = _open_header(file)
+            turned = image.getexif().get(0x0112) in (5, 6, 7, 8)  # a quarter turn
+            return (image.width, image.height) if turned else (image.height, image.width)
+    except Exception as e:
+        raise _unreadable(path, e) from None
 
 
 def normalize_image(image: np.ndarray) -> np.ndarray:

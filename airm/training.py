@@ -21,9 +21,9 @@ import functools
 import json
 import math
 import os
-import pickle
 import platform
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain, pairwise
@@ -44,9 +44,16 @@ from airm.allocator import retain_freed_memory
 from airm.build import VARIANTS, build_model
 from airm.checkpoint import CheckpointError, load_initial_weights, load_state, save_model
 from airm.config import ModelConfig
-from airm.data import Pair, RefinementDataset, find_pairs, spread_pairs
+from airm.data import (
+    Pair,
+    RefinementDataset,
+    check_augmentations,
+    check_pairs,
+    find_pairs,
+    spread_pairs,
+)
 from airm.inference import InferenceOptions, autocast_dtype
-from airm.io import atomic_write, read_image
+from airm.io import atomic_write, read_image, remove_stale_temporaries
 from airm.losses import Losses, LossWeights, refinement_losses
 from airm.perturb import LOWRES_SIDES
 from airm.pretrained import load_encoder_rgb_weights
@@ -602,12 +609,7 @@ def export_training_state(
         raise CheckpointError(f"training state not found: {path}")
     if Path(out).resolve() == path.resolve():
         raise CheckpointError(f"the checkpoint would overwrite the training state {path}")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path} is not a readable training state (last.pt): {e}") from None
-    if isinstance(saved, dict) and "model_config" not in saved and _is_safetensors(path):
-        raise CheckpointError(f"{path} is an inference checkpoint already, not a training state")
+    saved = read_training_state(path)
     try:
         config = ModelConfig.from_json(saved["model_config"])
         weights = saved["average"] if average and "average" in saved else saved["model"]
@@ -732,11 +734,58 @@ def _drop_records_after(log_path: Path, step: int) -> None:
         atomic_write(log_path, lambda tmp: Path(tmp).write_text("".join(f"{x}\n" for x in kept)))
 
 
-def check_config(config: TrainConfig) -> None:
-    """Raise ValueError for a run that cannot start: what `train` would find only later, after
-    making its output folder (the model the overrides describe is built and dropped)."""
+# TrainConfig fields that a resumed run may change: where its files are and how it is run,
+# not what it learns (the data's folder may move; its pairs are not compared). Any other
+# field must be the one the run started with, or --resume would not continue it exactly.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "out",
+        "data",
+        "val",
+        "val_limit",
+        "val_interval",
+        "log_interval",
+        "checkpoint_interval",
+        "iterations",
+        "workers",
+        "cache_images",
+        "precision",
+        "compile",
+        "compile_mode",
+        "init",
+        "encoder_weights",
+    }
+)
+# What an output folder holds once a run has started in it.
+RUN_FILES = ("last.pt", "log.jsonl", "final.safetensors")
+
+
+def check_config(config: TrainConfig, *, resume: bool = False) -> None:
+    """Raise ValueError for a run that cannot start or continue: all that `train` would find
+    only later (some of it hours in, at the step that reads a bad file), before it makes its
+    output folder. Reads the pairs' headers, builds the model the overrides describe, and with
+    `resume` reads the run's last.pt."""
     if config.variant not in VARIANTS:
         raise ValueError(f"unknown variant {config.variant!r}; choose from {sorted(VARIANTS)}")
+    for name, least in [
+        ("iterations", 0),
+        ("batch_size", 1),
+        ("crop_size", 32),
+        ("query_size", 1),
+        ("log_interval", 1),
+        ("val_interval", 1),
+        ("checkpoint_interval", 1),
+    ]:
+        if not getattr(config, name) >= least:
+            raise ValueError(f"{name} must be >= {least}, got {getattr(config, name)}")
+    if config.query_size > config.crop_size:
+        raise ValueError(f"query_size {config.query_size} exceeds crop_size {config.crop_size}")
+    if config.workers is not None and config.workers < 0:
+        raise ValueError(f"workers must be >= 0, got {config.workers}")
+    if config.val_limit is not None and config.val_limit < 1:
+        raise ValueError(f"val_limit must be >= 1, got {config.val_limit}")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise ValueError(f"lr must be a number > 0, got {config.lr}")
     if not all(0 <= m <= 1 for m in config.lr_milestones):
         raise ValueError(
             f"lr_milestones are fractions of the iterations (0 to 1), got {config.lr_milestones}"
@@ -744,17 +793,100 @@ def check_config(config: TrainConfig) -> None:
     if config.ema_decay is not None and not 0 < config.ema_decay < 1:
         raise ValueError(f"ema_decay must lie between 0 and 1, got {config.ema_decay}")
     check_compile(config.compile, config.compile_mode)
-    for root in (*config.data, *([config.val] if config.val else [])):
-        try:
-            find_pairs(root)
-        except FileNotFoundError as e:
-            raise ValueError(str(e)) from None
+    check_augmentations(
+        far_fraction=config.far_fraction,
+        paste_fraction=config.paste_fraction,
+        whole_fraction=config.whole_fraction,
+        cascade_fraction=config.cascade_fraction,
+        rotate_degrees=config.rotate_degrees,
+        lowres_sides=config.lowres_sides,
+    )
+    for name in ("init", "encoder_weights"):
+        if getattr(config, name) and not Path(getattr(config, name)).is_file():
+            raise ValueError(f"{name} not found: {getattr(config, name)}")
+    check_pairs([p for root in config.data for p in _pairs(root)], "training")
+    if config.val:
+        if not [p for p in _pairs(config.val) if p.coarse is not None]:
+            raise ValueError(f"{config.val} holds no <name>_seg.png coarse masks to validate with")
+        check_pairs(validation_pairs(config), "validation")
     try:
-        model_config = build_model(config.variant, **dict(config.model_overrides)).config
+        model = build_model(config.variant, **dict(config.model_overrides))
     except (TypeError, ValueError, RuntimeError) as e:  # timm: RuntimeError "Unknown model"
         raise ValueError(f"--model {dict(config.model_overrides)} builds no model: {e}") from None
-    if model_config.hyper_input_norm and config.batch_size < 2:
+    if model.config.hyper_input_norm and config.batch_size < 2:
         raise ValueError("hyper_input_norm standardises over the batch: batch_size must be >= 2")
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in (*config.train_only, *(prefix for prefix, _ in config.lr_scales)):
+        if not any(name.startswith(prefix) for name in names):
+            raise ValueError(f"prefix {prefix!r} names no parameter of {config.variant}")
+    _check_output(config, model.config, resume)
+
+
+def _pairs(root: str) -> list[Pair]:
+    try:
+        return find_pairs(root)
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from None
+
+
+def validation_pairs(config: TrainConfig) -> list[Pair]:
+    """The pairs of `config.val` that validation scores: those with coarse masks, spread."""
+    if not config.val:
+        return []
+    pairs = [p for p in find_pairs(config.val) if p.coarse is not None]
+    return spread_pairs(pairs, config.val_limit)
+
+
+def _check_output(config: TrainConfig, model_config: ModelConfig, resume: bool) -> None:
+    """A run's output folder: a new run must not write over another; a resumed one must
+    continue its last.pt exactly."""
+    out = Path(config.out)
+    last = out / "last.pt"
+    if not (resume and last.is_file()):
+        found = [name for name in RUN_FILES if (out / name).exists()]
+        if found and not resume:
+            raise ValueError(
+                f"{out} holds a run already ({', '.join(found)}): --resume continues it; name "
+                "another --out for a new one"
+            )
+        return
+    state = read_training_state(last)
+    saved = ModelConfig.from_json(state["model_config"])
+    if saved != model_config:
+        raise ValueError(f"{last} was trained with another model config: {saved}")
+    before, now = json.loads(state["train_config"]), json.loads(config.to_json())
+    changed = sorted(k for k in now.keys() - RESUMABLE_CHANGES if before.get(k) != now[k])
+    if changed:
+        listed = ", ".join(f"{k} {before.get(k)} -> {now[k]}" for k in changed)
+        raise ValueError(f"{last} continues exactly only with its own settings: {listed}")
+    if int(state["step"]) > config.iterations:
+        raise ValueError(f"{last} is at step {state['step']}, past iterations {config.iterations}")
+
+
+def read_training_state(path: str | os.PathLike) -> dict:
+    """A training state (`last.pt`) as `save_training_state` wrote it; `CheckpointError`, in
+    one line, for anything else (a truncated copy, a piece missing, another file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"training state not found: {path}")
+    if _is_safetensors(path):
+        raise CheckpointError(f"{path} is an inference checkpoint already, not a training state")
+    if not zipfile.is_zipfile(path):  # what torch.save writes; torch's own errors mislead
+        raise CheckpointError(
+            f"{path} is not a readable training state (last.pt): not a whole torch.save file "
+            "(a copy cut short, or another kind of file)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a file that is not its own
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(
+            f"{path} is not a readable training state (last.pt): {reason}"
+        ) from None
+    keys = {"model", "optimizer", "step", "model_config", "train_config"}
+    if not isinstance(state, dict) or not keys <= state.keys():
+        raise CheckpointError(f"{path} is not an airm training state (last.pt)")
+    return state
 
 
 def train(
@@ -776,13 +908,15 @@ def train(
     started = time.monotonic()
     if time_limit is not None and not time_limit >= 0:
         raise ValueError(f"time_limit must be a number of seconds >= 0, got {time_limit}")
-    check_config(config)
+    check_config(config, resume=resume)
     rank, world, device = _setup_distributed()
     if device.type == "cpu":
         retain_freed_memory()  # 1.23x faster steps on this project's CPU: see airm.allocator
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     last = out / "last.pt"
+    if rank == 0:  # what a killed job left half-written (last.pt's are 43-58 MB)
+        remove_stale_temporaries(out / name for name in (*RUN_FILES, "best.safetensors"))
     # --resume without a checkpoint yet (the first of a series of short jobs) starts the run
     # as configured, --init and --encoder-weights included.
     resuming = resume and last.is_file()
@@ -800,10 +934,7 @@ def train(
     optimizer = adam(parameter_groups(model, config.lr_scales), config.lr)
     start, best = 0, -math.inf
     if resuming:
-        state = torch.load(last, map_location=device, weights_only=True)
-        saved = ModelConfig.from_json(state["model_config"])
-        if saved != model.config:
-            raise ValueError(f"{last} was trained with another model config: {saved}")
+        state = read_training_state(last)  # on the CPU; load_state_dict copies to the device
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, best = int(state["step"]), float(state["best"])
@@ -830,8 +961,7 @@ def train(
         workers=workers,
         pin_memory=device.type == "cuda",
     )
-    val_pairs = spread_pairs(find_pairs(config.val), config.val_limit) if config.val else []
-    val_pairs = [p for p in val_pairs if p.coarse is not None]
+    val_pairs = validation_pairs(config)
     log_path = out / "log.jsonl"
     # A resumed run whose log did not travel with its checkpoint starts a log of its own.
     if rank == 0 and not (resuming and log_path.is_file()):

@@ -374,3 +374,93 @@ def test_train_schedule_flags_reach_the_run(tmp_path):
     assert [x["lr"] for x in records if x["event"] == "train"] == [0.01, 0.01]  # constant
     assert airm_main([*argv, "--out", str(tmp_path / "bad"), "--lr-milestones", "0.5", "2"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_train_refuses_unusable_pairs_before_training_and_skips_hidden_files(tmp_path, capsys):
+    """A bad pair used to end the run with a traceback at the step that read it, and every
+    --resume at that step again."""
+    data = _training_folder(tmp_path / "data")
+    (data / "._s0_im.jpg").write_bytes(b"\0\5\26\7 a macOS resource fork")  # ignored
+    (data / "._s0_gt.png").write_bytes(b"\0\5\26\7")
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--out", str(out), *TINY_RUN, "--iterations", "1"]
+    assert airm_main(argv) == 0
+    capsys.readouterr()
+    Image.fromarray(np.zeros((60, 80), np.uint8)).save(data / "s1_gt.png")
+    (data / "s2_im.jpg").write_bytes(b"not a picture")
+    Image.fromarray(np.zeros((60, 80), np.uint8)).save(data / "s2_gt.png")
+    bad = tmp_path / "bad"
+    assert airm_main([*argv[:3], "--out", str(bad), *argv[5:]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 2 of the 3 training pairs are unusable: ") and "s2_im.jpg" in err
+    assert "s1_gt.png is (60, 80), s1_im.jpg (72, 96)" in err and len(err.splitlines()) == 1
+    assert not bad.exists()
+
+
+def test_train_resume_continues_only_its_own_run(tmp_path, capsys):
+    data, out = _training_folder(tmp_path / "data"), tmp_path / "run"
+    argv = ["train", "--data", str(data), "--out", str(out), *TINY_RUN, "--iterations", "2"]
+    assert airm_main([*argv, "--time-limit", "0", "--log-interval", "1"]) == 0
+    state = (out / "last.pt").read_bytes()
+    log = (out / "log.jsonl").read_text()
+    capsys.readouterr()
+    for flags, message in [
+        ([], "holds a run already (last.pt, log.jsonl): --resume continues it"),
+        (["--resume", "--batch-size", "2"], "its own settings: batch_size 1 -> 2"),
+        (["--resume", "--lr", "0.1", "--seed", "5"], "lr 0.000225 -> 0.1, seed 0 -> 5"),
+        (["--resume", "--iterations", "0"], "is at step 1, past iterations 0"),
+        (["--resume", "--variant", "airm_mit_b0"], "another model config"),
+    ]:
+        assert airm_main([*argv, *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert (out / "last.pt").read_bytes() == state and (out / "log.jsonl").read_text() == log
+    (out / "last.pt").write_bytes(state[: len(state) // 2])  # a piece missing from a copy
+    assert airm_main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a readable training state (last.pt)" in err and len(err.splitlines()) == 1
+    assert airm_main(["export", str(out / "log.jsonl"), str(tmp_path / "w.safetensors")]) == 2
+    assert "is not a readable training state" in capsys.readouterr().err
+    (out / "last.pt").write_bytes(state)
+    stale = out / ".last.pt.k3j4h5g6.tmp"  # what a job killed while checkpointing leaves
+    stale.write_bytes(state[:100])
+    assert airm_main([*argv, "--resume"]) == 0
+    assert (out / "final.safetensors").is_file() and not stale.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--log-interval", "0"], "log_interval must be >= 1"),
+        (["--batch-size", "0"], "batch_size must be >= 1"),
+        (["--query-size", "100"], "query_size 100 exceeds crop_size 64"),
+        (["--val-limit", "0"], "val_limit must be >= 1"),
+        (["--lr", "nan"], "lr must be a number > 0"),
+        (["--far-fraction", "2"], "far_fraction must be in [0, 1]"),
+        (["--init", "missing.safetensors"], "init not found"),
+        (["--train-only", "nope"], "prefix 'nope' names no parameter"),
+        (["--val", "DATA"], "holds no <name>_seg.png coarse masks"),
+    ],
+)
+def test_train_flags_checked_before_the_output_folder_is_made(tmp_path, capsys, flags, message):
+    data = _training_folder(tmp_path / "data")
+    flags = [str(data) if f == "DATA" else f for f in flags]
+    argv = ["train", "--data", str(data), "--out", str(tmp_path / "bad"), *TINY_RUN, *flags]
+    assert airm_main([*argv, "--iterations", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_written_weights_have_ordinary_permissions(tmp_path):
+    """safetensors' save_file makes its file anew, which undid atomic_write's permissions."""
+    import os
+
+    data, out = _training_folder(tmp_path / "data"), tmp_path / "run"
+    assert (
+        airm_main(["train", "--data", str(data), "--out", str(out), *TINY_RUN, "--iterations", "1"])
+        == 0
+    )
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "final.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -33,5 +33,8 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the checkpoint's folder cannot be made or written
+        print(f"error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(f"weights of step {step}: {args.out}")
     return 0

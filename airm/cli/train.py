@@ -266,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
             train_only=tuple(args.train_only),
             **{k: v for k, v in fields.items() if v is not None},
         )
-        check_config(config)
+        check_config(config, resume=args.resume)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
