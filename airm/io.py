@@ -18,10 +18,11 @@ suffix is .tmp); `remove_stale_temporaries` clears the temporaries a killed writ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -103,59 +104,50 @@ def check_size(height: int, width: int, max_pixels: int | None, what: str) -> No
 
 
 def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
-    """The file's first frame, decoded, EXIF orientation applied; the file is closed.
-
-    `max_pixels` alone bounds the size: Pillow's own limit (about 179 megapixels, against
-    decompression bombs) is lifted while the header is read, under a lock. Any failure of
-    Pillow's decoders is an InputError (a truncated file raises OSError, a malformed EXIF block
-    TypeError)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"no such file: {path}")
-    try:
-        with open(path, "rb") as file:
-            image = _open_header(file)
-            check_size(image.height, image.width, max_pixels, str(path))
-            image.load()  # decode now, so that truncated files fail here
-            ImageOps.exif_transpose(image, in_place=True)  # no copy of the pixels
-            return image
-    except InputError:
-        raise
-    except Exception as e:
-        raise _unreadable(path, e) from None
-
-
-def _unreadable(path: Path, error: Exception) -> InputError:
-    reason = str(error) if isinstance(error, (OSError, ValueError, SyntaxError)) else repr(error)
-    return InputError(f"cannot read {path}: {reason}")
-
-
-_PILLOW_LIMIT = threading.Lock()
-
-
-def _open_header(file) -> Image.Image:
-    """Image.open with Pillow's own pixel limit lifted (see `_open`)."""
-    with _PILLOW_LIMIT:
-        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            return Image.open(file)
-        finally:
-            Image.MAX_IMAGE_PIXELS = limit
+    """The file's first frame, decoded, EXIF orientation applied; the file is closed."""
+    with _header(path) as image:
+        check_size(image.height, image.width, max_pixels, str(path))
+        image.load()  # decode now, so that truncated files fail here
+        ImageOps.exif_transpose(image, in_place=True)  # no copy of the pixels
+        return image
 
 
 def read_size(path: str | os.PathLike) -> tuple[int, int]:
     """An image file's (height, width) as `read_image` would return it (EXIF orientation
     applied), from its header alone; InputError when it cannot be read."""
+    with _header(path) as image:
+        turned = image.getexif().get(0x0112) in (5, 6, 7, 8)  # a quarter turn
+        return (image.width, image.height) if turned else (image.height, image.width)
+
+
+_PILLOW_LIMIT = threading.Lock()
+
+
+@contextlib.contextmanager
+def _header(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """An image file opened by Pillow (its header read), open while the block runs.
+
+    The caller's `max_pixels` alone bounds the size: Pillow's own limit (about 179 megapixels,
+    against decompression bombs) is lifted while the header is read, under a lock. Any failure
+    of Pillow's, in the block too, is an InputError (a truncated file raises OSError when
+    decoded, a malformed EXIF block TypeError)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no such file: {path}")
     try:
         with open(path, "rb") as file:
-            image = _open_header(file)
-            turned = image.getexif().get(0x0112) in (5, 6, 7, 8)  # a quarter turn
-            return (image.width, image.height) if turned else (image.height, image.width)
+            with _PILLOW_LIMIT:
+                limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    image = Image.open(file)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = limit
+            yield image
+    except InputError:
+        raise
     except Exception as e:
-        raise _unreadable(path, e) from None
+        reason = str(e) if isinstance(e, (OSError, ValueError, SyntaxError)) else repr(e)
+        raise InputError(f"cannot read {path}: {reason}") from None
 
 
 def normalize_image(image: np.ndarray) -> np.ndarray:

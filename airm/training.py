@@ -225,18 +225,23 @@ def query_window(step: int, config: TrainConfig) -> tuple[int, int, int, int]:
     return int(top), int(left), size, size
 
 
+def augmentations(config: TrainConfig) -> dict:
+    """The options of `RefinementDataset` that `check_augmentations` checks."""
+    names = ("far", "paste", "whole", "cascade")
+    return {
+        **{f"{name}_fraction": getattr(config, f"{name}_fraction") for name in names},
+        "rotate_degrees": config.rotate_degrees,
+        "lowres_sides": config.lowres_sides,
+    }
+
+
 def training_items(config: TrainConfig, *, threads: int = 1) -> RefinementDataset:
     """The dataset a run with `config` draws its items from: every pair under `config.data`,
     decoded into memory by `threads` threads when `config.cache_images`."""
     return RefinementDataset(
         [p for root in config.data for p in find_pairs(root)],
         crop_size=config.crop_size,
-        far_fraction=config.far_fraction,
-        paste_fraction=config.paste_fraction,
-        whole_fraction=config.whole_fraction,
-        cascade_fraction=config.cascade_fraction,
-        rotate_degrees=config.rotate_degrees,
-        lowres_sides=config.lowres_sides,
+        **augmentations(config),
         soft_masks=config.soft_masks,
         seed=config.seed,
         cache=config.cache_images,
@@ -793,14 +798,7 @@ def check_config(config: TrainConfig, *, resume: bool = False) -> None:
     if config.ema_decay is not None and not 0 < config.ema_decay < 1:
         raise ValueError(f"ema_decay must lie between 0 and 1, got {config.ema_decay}")
     check_compile(config.compile, config.compile_mode)
-    check_augmentations(
-        far_fraction=config.far_fraction,
-        paste_fraction=config.paste_fraction,
-        whole_fraction=config.whole_fraction,
-        cascade_fraction=config.cascade_fraction,
-        rotate_degrees=config.rotate_degrees,
-        lowres_sides=config.lowres_sides,
-    )
+    check_augmentations(**augmentations(config))
     for name in ("init", "encoder_weights"):
         if getattr(config, name) and not Path(getattr(config, name)).is_file():
             raise ValueError(f"{name} not found: {getattr(config, name)}")
