@@ -48,8 +48,9 @@ def _files(folder: Path) -> list[Path]:
 
 
 def check_pairs(pairs: list[Pair], what: str) -> None:
-    """Raise ValueError, naming the files, if any pair's files cannot be read or differ in size;
-    from their headers alone (a truncated file is found only when it is decoded)."""
+    """Raise ValueError, naming the files, if any pair's files cannot be read, are above the
+    pixel limit that reading them applies, or differ in size; from their headers alone (a
+    truncated file is found only when it is decoded)."""
     problems = []
     for pair in pairs:
         try:

@@ -107,20 +107,40 @@ def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
     """The file's first frame, decoded, EXIF orientation applied; the file is closed."""
     with _header(path) as image:
         check_size(image.height, image.width, max_pixels, str(path))
-        image.load()  # decode now, so that truncated files fail here
+        # decode now, so that truncated files fail here (Pillow checks a TIFF's size again)
+        with _no_pillow_limit() if image.format == "TIFF" else contextlib.nullcontext():
+            image.load()
         ImageOps.exif_transpose(image, in_place=True)  # no copy of the pixels
         return image
 
 
-def read_size(path: str | os.PathLike) -> tuple[int, int]:
+def read_size(
+    path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> tuple[int, int]:
     """An image file's (height, width) as `read_image` would return it (EXIF orientation
-    applied), from its header alone; InputError when it cannot be read."""
+    applied), from its header alone; InputError when it cannot be read or is above
+    `max_pixels`. (A PNG's EXIF is looked for only where its header holds it: Pillow would
+    decode the image to find one stored after the pixels.)"""
     with _header(path) as image:
-        turned = image.getexif().get(0x0112) in (5, 6, 7, 8)  # a quarter turn
+        check_size(image.height, image.width, max_pixels, str(path))
+        has_exif = image.format != "PNG" or "exif" in image.info
+        turned = has_exif and image.getexif().get(0x0112) in (5, 6, 7, 8)  # a quarter turn
         return (image.width, image.height) if turned else (image.height, image.width)
 
 
 _PILLOW_LIMIT = threading.Lock()
+
+
+@contextlib.contextmanager
+def _no_pillow_limit() -> Iterator[None]:
+    """Pillow's own pixel limit lifted (`max_pixels` is airm's), under a lock: the limit is
+    Pillow's global, so other threads' opens go unchecked meanwhile."""
+    with _PILLOW_LIMIT:
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
 
 
 @contextlib.contextmanager
@@ -136,12 +156,8 @@ def _header(path: str | os.PathLike) -> Iterator[Image.Image]:
         raise InputError(f"no such file: {path}")
     try:
         with open(path, "rb") as file:
-            with _PILLOW_LIMIT:
-                limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-                try:
-                    image = Image.open(file)
-                finally:
-                    Image.MAX_IMAGE_PIXELS = limit
+            with _no_pillow_limit():
+                image = Image.open(file)
             yield image
     except InputError:
         raise
@@ -152,8 +168,7 @@ def _header(path: str | os.PathLike) -> Iterator[Image.Image]:
 
 def normalize_image(image: np.ndarray) -> np.ndarray:
     """Any HxW, HxWx1, HxWx3 or HxWx4 array -> HxWx3 uint8 RGB. Floats are read as [0, 1]
-    (or 0..255 when a value exceeds 1); uint16 as 16-bit; other integers as 8-bit values, or
-    as 16-bit ones when a value exceeds 255."""
+    (or 0..255 when a value exceeds 1); uint16 as 16-bit; other integers as 8-bit values."""
     image = np.asarray(image)
     if image.ndim in (2, 3) and 0 in image.shape[:2]:
         raise InputError(f"image is empty ({image.shape[0]}x{image.shape[1]})")
@@ -178,8 +193,10 @@ def normalize_image(image: np.ndarray) -> np.ndarray:
     low, top = int(image.min()), int(image.max())
     if low < 0 or top > 65535:
         raise InputError(f"image values {low}..{top} are outside 8- and 16-bit ranges")
-    if image.dtype == np.uint16 or top > 255:
+    if image.dtype == np.uint16:
         return (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+    if top > 255:  # not 8-bit, and only uint16 says 16-bit
+        raise InputError(f"image values {low}..{top}: 8-bit images hold 0..255 (16-bit: uint16)")
     return image.astype(np.uint8)
 
 
@@ -226,7 +243,10 @@ def read_image(
     """Read an image file as HxWx3 uint8 RGB (EXIF orientation applied)."""
     image = _open(path, max_pixels)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # one channel of 16, 32 bits
-        return normalize_image(np.asarray(image))
+        array = np.asarray(image)
+        if image.mode == "I" and array.size and 255 < array.max() <= 65535:
+            array = array.astype(np.uint16)  # a 16-bit file, as some Pillows open them
+        return normalize_image(array)
     if image.mode != "RGB":
         image = image.convert("RGB")
     return np.array(image)  # writable, unlike np.asarray of a PIL image

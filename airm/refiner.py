@@ -123,8 +123,8 @@ class Refiner:
         """Tensor twin of `refine`.
 
         image: (3, H, W) uint8 RGB, or float RGB in [0, 1].
-        coarse: (H, W) or (1, H, W), bool, uint8 (0/1 or 0..255) or float probabilities in
-        [0, 1] (other dtypes are refused: `airm.io.normalize_mask` reads them from arrays).
+        coarse: (H, W) or (1, H, W), bool, integers (0/1, 0..255 or 16-bit, as
+        `airm.io.normalize_mask` reads them) or float probabilities in [0, 1].
         Returns (1, H, W) float32 probabilities in [0, 1] on the refiner's device.
         """
         if image.dim() != 3 or image.shape[0] != 3:
@@ -155,17 +155,16 @@ class Refiner:
 
 
 def _probabilities(mask: torch.Tensor) -> torch.Tensor:
-    """An (H, W) mask tensor (bool, uint8 as 0/1 or 0..255, or float probabilities, clipped
-    within `PROBABILITY_SLACK` of [0, 1]) -> a new contiguous float32 tensor in [0, 1]."""
+    """An (H, W) mask tensor (bool; integers as 0/1, 0..255 or 0..65535 by their largest
+    value; float probabilities, clipped within `PROBABILITY_SLACK` of [0, 1]) -> a new
+    contiguous float32 tensor in [0, 1]."""
     if mask.dtype == torch.bool:
         return mask.float()
-    if mask.dtype == torch.uint8:
-        return mask.float() / (255.0 if mask.max() > 1 else 1.0)
-    if not mask.is_floating_point():
-        raise InputError(
-            f"mask tensor must be bool, uint8 or float probabilities, got {mask.dtype} "
-            "(airm.io.normalize_mask reads other encodings from arrays)"
-        )
+    if not mask.is_floating_point():  # integers, as `airm.io.normalize_mask` reads them
+        low, top = int(mask.min()), int(mask.max())
+        if low < 0 or top > 65535:
+            raise InputError(f"mask values {low}..{top} are outside 8- and 16-bit ranges")
+        return mask.float() / (1.0 if top <= 1 else 255.0 if top <= 255 else 65535.0)
     if not torch.isfinite(mask).all():
         raise InputError("mask has NaN or infinite values")
     low, top = mask.min().item(), mask.max().item()

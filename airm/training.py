@@ -739,6 +739,10 @@ def _drop_records_after(log_path: Path, step: int) -> None:
         atomic_write(log_path, lambda tmp: Path(tmp).write_text("".join(f"{x}\n" for x in kept)))
 
 
+class ConfigError(ValueError):
+    """A run that cannot start or continue (`check_config`), in one line."""
+
+
 # TrainConfig fields that a resumed run may change: where its files are and how it is run,
 # not what it learns (the data's folder may move; its pairs are not compared). Any other
 # field must be the one the run started with, or --resume would not continue it exactly.
@@ -759,17 +763,30 @@ RESUMABLE_CHANGES = frozenset(
         "compile_mode",
         "init",
         "encoder_weights",
+        # Kept, or started from the weights when a run takes it up (see `train`); the trained
+        # weights go on as they would have.
+        "ema_decay",
     }
 )
-# What an output folder holds once a run has started in it.
-RUN_FILES = ("last.pt", "log.jsonl", "final.safetensors")
+# What an output folder holds once a run has taken a step in it (a run that failed before its
+# first checkpoint leaves a log.jsonl alone, and may be run again).
+RUN_FILES = ("last.pt", "final.safetensors")
 
 
 def check_config(config: TrainConfig, *, resume: bool = False) -> None:
-    """Raise ValueError for a run that cannot start or continue: all that `train` would find
+    """Raise ConfigError for a run that cannot start or continue: all that `train` would find
     only later (some of it hours in, at the step that reads a bad file), before it makes its
     output folder. Reads the pairs' headers, builds the model the overrides describe, and with
-    `resume` reads the run's last.pt."""
+    `resume` reads the run's last.pt. `train` calls it first."""
+    try:
+        _check_config(config, resume=resume)
+    except ConfigError:
+        raise
+    except ValueError as e:  # CheckpointError and InputError included
+        raise ConfigError(str(e)) from None
+
+
+def _check_config(config: TrainConfig, *, resume: bool) -> None:
     if config.variant not in VARIANTS:
         raise ValueError(f"unknown variant {config.variant!r}; choose from {sorted(VARIANTS)}")
     for name, least in [
@@ -799,8 +816,9 @@ def check_config(config: TrainConfig, *, resume: bool = False) -> None:
         raise ValueError(f"ema_decay must lie between 0 and 1, got {config.ema_decay}")
     check_compile(config.compile, config.compile_mode)
     check_augmentations(**augmentations(config))
-    for name in ("init", "encoder_weights"):
-        if getattr(config, name) and not Path(getattr(config, name)).is_file():
+    resuming = resume and (Path(config.out) / "last.pt").is_file()
+    for name in ("init", "encoder_weights"):  # read only when a run starts
+        if getattr(config, name) and not resuming and not Path(getattr(config, name)).is_file():
             raise ValueError(f"{name} not found: {getattr(config, name)}")
     check_pairs([p for root in config.data for p in _pairs(root)], "training")
     if config.val:
@@ -809,8 +827,10 @@ def check_config(config: TrainConfig, *, resume: bool = False) -> None:
         check_pairs(validation_pairs(config), "validation")
     try:
         model = build_model(config.variant, **dict(config.model_overrides))
-    except (TypeError, ValueError, RuntimeError) as e:  # timm: RuntimeError "Unknown model"
-        raise ValueError(f"--model {dict(config.model_overrides)} builds no model: {e}") from None
+    except Exception as e:  # what a bad override raises is the builders' (timm: RuntimeError)
+        overrides = dict(config.model_overrides)
+        reason = str(e) if isinstance(e, (ValueError, RuntimeError)) else repr(e)
+        raise ValueError(f"--model {overrides} builds no model: {reason}") from None
     if model.config.hyper_input_norm and config.batch_size < 2:
         raise ValueError("hyper_input_norm standardises over the batch: batch_size must be >= 2")
     names = [name for name, _ in model.named_parameters()]
@@ -842,23 +862,44 @@ def _check_output(config: TrainConfig, model_config: ModelConfig, resume: bool) 
     last = out / "last.pt"
     if not (resume and last.is_file()):
         found = [name for name in RUN_FILES if (out / name).exists()]
-        if found and not resume:
+        if found:
+            hint = "--resume continues it" if last.is_file() else "it has ended (no last.pt)"
             raise ValueError(
-                f"{out} holds a run already ({', '.join(found)}): --resume continues it; name "
-                "another --out for a new one"
+                f"{out} holds a run already ({', '.join(found)}): {hint}; name another --out "
+                "for a new one"
             )
         return
     state = read_training_state(last)
     saved = ModelConfig.from_json(state["model_config"])
     if saved != model_config:
         raise ValueError(f"{last} was trained with another model config: {saved}")
-    before, now = json.loads(state["train_config"]), json.loads(config.to_json())
+    before = _comparable(train_config_with_defaults(json.loads(state["train_config"])))
+    now = _comparable(json.loads(config.to_json()))
     changed = sorted(k for k in now.keys() - RESUMABLE_CHANGES if before.get(k) != now[k])
     if changed:
         listed = ", ".join(f"{k} {before.get(k)} -> {now[k]}" for k in changed)
         raise ValueError(f"{last} continues exactly only with its own settings: {listed}")
     if int(state["step"]) > config.iterations:
         raise ValueError(f"{last} is at step {state['step']}, past iterations {config.iterations}")
+
+
+def train_config_with_defaults(saved: dict) -> dict:
+    """A TrainConfig as JSON from a log or a last.pt, its fields added since filled with their
+    defaults (what the run ran with before they existed; the loss's weights likewise)."""
+    defaults = json.loads(TrainConfig(data=(), out="").to_json())
+    filled = {**defaults, **saved}
+    filled["loss"] = {**defaults["loss"], **saved.get("loss", {})}
+    return filled
+
+
+def _comparable(train: dict) -> dict:
+    """`train` with the fields whose order means nothing sorted (flags given in another order
+    describe the same run; lr_scales' order counts: the first matching prefix wins)."""
+    return {
+        **train,
+        "model_overrides": sorted(map(json.dumps, train["model_overrides"])),
+        "train_only": sorted(train["train_only"]),
+    }
 
 
 def read_training_state(path: str | os.PathLike) -> dict:

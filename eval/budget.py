@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from airm.training import RunRecord, TrainConfig, run_record
+from airm.training import RunRecord, run_record, train_config_with_defaults
 from eval.compare import compare
 
 # What must match for runs to have had the same budget: how many samples, and which.
@@ -54,10 +54,10 @@ def budget_differences(runs: dict[str, RunRecord]) -> list[str]:
     """The budget's parts in which the runs differ, each as 'field (name value, ...)'."""
     differences = []
     # A log written before a field existed ran with its default.
-    defaults = json.loads(TrainConfig(data=(), out="").to_json())
+    trains = {name: train_config_with_defaults(r.train) for name, r in runs.items()}
     values = {"samples": {name: r.samples for name, r in runs.items()}}
     for key in BUDGET_FIELDS:
-        values[key] = {name: r.train.get(key, defaults[key]) for name, r in runs.items()}
+        values[key] = {name: train[key] for name, train in trains.items()}
     for key, per_run in values.items():
         if len({json.dumps(v, sort_keys=True) for v in per_run.values()}) > 1:
             listed = ", ".join(f"{name} {json.dumps(v)}" for name, v in per_run.items())

@@ -85,7 +85,8 @@ def compare(
     only: Iterable[str] | None = None,
 ) -> dict[str, Difference]:
     """{"iou": ..., "mba": ...} differences of `method` against `reference` over their common
-    images, or those of them in `only` (for mBA, those whose truth has a boundary)."""
+    images, or those of them in `only` (for mBA, those whose truth has a boundary; None when
+    no truth has one)."""
     ours, ref = read_scores(out, method), read_scores(out, reference)
     names = sorted(ours.keys() & ref.keys() & (set(only) if only is not None else ref.keys()))
     if not names:
@@ -95,17 +96,29 @@ def compare(
     def pick(scores: dict, key: str, keys: list[str]) -> np.ndarray:
         return np.array([scores[n][key] for n in keys])
 
-    return {
-        "iou": paired_bootstrap(
-            pick(ours, "iou", names), pick(ref, "iou", names), resamples=resamples, seed=seed
-        ),
-        "mba": paired_bootstrap(
+    mba = None
+    if bounded:
+        mba = paired_bootstrap(
             pick(ours, "boundary_accuracy", bounded),
             pick(ref, "boundary_accuracy", bounded),
             resamples=resamples,
             seed=seed,
+        )
+    return {
+        "iou": paired_bootstrap(
+            pick(ours, "iou", names), pick(ref, "iou", names), resamples=resamples, seed=seed
         ),
+        "mba": mba,
     }
+
+
+def scored_methods(out: Path) -> list[str]:
+    """The methods a `python -m eval` run into `out` scored: those of its results.json, or
+    where there is none, every folder holding a scores.json."""
+    results = out / "results.json"
+    if results.is_file():
+        return [row["method"] for row in json.loads(results.read_text())]
+    return sorted(d.name for d in out.iterdir() if (d / "scores.json").is_file())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", help="the --out folder of a `python -m eval` run")
     p.add_argument("--reference", default="airm", help="the method the others are compared to")
     p.add_argument(
-        "--methods", default=None, help="comma-separated methods (default: every one in OUT)"
+        "--methods",
+        default=None,
+        help="comma-separated methods (default: every one OUT/results.json lists)",
     )
     p.add_argument("--resamples", type=int, default=5000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling")
@@ -129,16 +144,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     out = Path(args.out)
-    if args.methods:
-        methods = args.methods.split(",")
-    else:
-        methods = sorted(d.name for d in out.iterdir() if (d / "scores.json").is_file())
-    methods = [m for m in methods if m != args.reference]
     try:
+        if args.resamples < 1:
+            raise ValueError(f"--resamples must be >= 1, got {args.resamples}")
+        if not out.is_dir():
+            raise ValueError(f"{out} is not a folder")
+        scored = scored_methods(out)
+        if not scored:
+            raise ValueError(f"{out} holds no scored methods: is it the --out of python -m eval?")
+        methods = args.methods.split(",") if args.methods else scored
+        unscored = [m for m in [args.reference, *methods] if m not in scored]
+        if unscored:
+            raise ValueError(f"{unscored} not scored in {out}; choose from {scored}")
+        methods = [m for m in methods if m != args.reference]
         groups = {"all": None}
         if args.by:
             groups.update(group_names(read_scores(out, args.reference), args.by))
-    except FileNotFoundError as e:
+    except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(
@@ -160,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             except (FileNotFoundError, ValueError) as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
-            iou = d["iou"]
-            print(f"| {method} | {group} | {iou.n} | {iou} | {d['mba']} | {iou.lower} |")
+            iou, mba = d["iou"], d["mba"] or "n/a"
+            print(f"| {method} | {group} | {iou.n} | {iou} | {mba} | {iou.lower} |")
     return 0
 
 

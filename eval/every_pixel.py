@@ -32,6 +32,7 @@ from airm.data import Pair, find_pairs
 from airm.io import read_image, read_mask
 from airm.metrics import iou_counts
 from airm.morphology import boundaries
+from eval.last_scale import checked_checkpoint
 from eval.run import mask_path
 
 # Edges of the distance bins, in pixels from the coarse mask's boundary; 32 is the default
@@ -151,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="device for --rerun")
     args = p.parse_args(argv)
     try:
+        if args.rerun:
+            checked_checkpoint(args.checkpoint)
         pairs = find_pairs(args.data)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     gaps = read_gaps(Path(args.out), pairs, args.default, args.every)

@@ -24,6 +24,7 @@ from airm.io import read_image, read_mask
 from airm.perturb import handed_on
 from airm.refiner import Refiner
 from airm.scoring import score_pairs
+from eval.run import points
 
 
 def last_scale_only(refiner: Refiner) -> Refiner:
@@ -54,6 +55,15 @@ def score_last_scale(refiner: Refiner, pairs: list[Pair], factor: float) -> tupl
     return before, after
 
 
+def checked_checkpoint(checkpoint: str | None) -> None:
+    """Raise ValueError (CheckpointError) unless `checkpoint`, or the shipped model when None,
+    reads as an airm checkpoint; FileNotFoundError when None and no model is shipped."""
+    from airm.api import default_checkpoint
+    from airm.checkpoint import read_checkpoint
+
+    read_checkpoint(checkpoint if checkpoint is not None else default_checkpoint())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m eval.last_scale",
@@ -68,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.factor >= 1:
         print(f"error: --factor must be >= 1, got {args.factor}", file=sys.stderr)
+        return 2
+    if args.limit is not None and args.limit < 1:
+        print(f"error: --limit must be >= 1, got {args.limit}", file=sys.stderr)
+        return 2
+    try:
+        checked_checkpoint(args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         pairs = find_pairs(args.data)[: args.limit]
@@ -85,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|--:|---|---|")
     for key in [*results[0]["sources"], "all"]:
         before, after = (r if key == "all" else r["sources"][key] for r in results)
-        row = [f"{s['iou']:.2f} / {s['mean_iou']:.2f} / {s['mba']:.2f}" for s in (before, after)]
+        row = [
+            " / ".join(points(s[k]) for k in ("iou", "mean_iou", "mba")) for s in (before, after)
+        ]
         print(f"| {key} | {before['n']} | {row[0]} | {row[1]} |")
     return 0
 

@@ -30,12 +30,14 @@ if __package__ in (None, ""):  # `python eval/run.py`
 
 from airm.cli.refine import add_precision_argument  # noqa: E402
 from airm.config import field_overrides  # noqa: E402
-from airm.data import Pair, find_pairs  # noqa: E402
+from airm.data import Pair, check_pairs, find_pairs  # noqa: E402
 from airm.inference import InferenceOptions  # noqa: E402
 from airm.scoring import read_coarse, score_pairs  # noqa: E402
 from eval.child import ChildError, run_in_process  # noqa: E402
 from eval.methods import (  # noqa: E402
+    AIRM_OPTIONS,
     CASCADEPSP_FOLDER,
+    CLASSICAL,
     MethodUnavailable,
     build_method,
     known_methods,
@@ -91,10 +93,19 @@ def run_method(name: str, pairs: list[Pair], out: Path, settings: dict) -> dict:
     return {"seconds": seconds / len(pairs), "peak_mb": peak_mb}
 
 
+def clear_method(out: Path, name: str) -> None:
+    """Remove the masks and scores an earlier run of method `name` wrote into `OUT/<name>/`, so
+    that if it fails now nothing stale is left to read; nothing else there is touched."""
+    folder = out / name
+    if folder.is_dir():
+        for path in [*folder.glob("*_mask.png"), folder / "scores.json"]:
+            path.unlink(missing_ok=True)
+
+
 def score_method(name: str, pairs: list[Pair], out: Path, timing: dict) -> dict:
     """The result row of a method, scored from the masks it wrote."""
     scores = score_pairs(pairs, lambda pair: read_written(mask_path(out, name, pair)))
-    (out / name / "scores.json").write_text(json.dumps(scores["images"], indent=1))
+    (out / name / "scores.json").write_text(json.dumps(without_nan(scores["images"]), indent=1))
     row = {k: v for k, v in scores.items() if k != "images"}
     return {
         "method": name,
@@ -119,6 +130,22 @@ def _nums(s: dict) -> dict:
     return {"n": s["n"], "iou": s["iou"], "mean_iou": s["mean_iou"], "mba": s["mba"]}
 
 
+def points(value: float, sign: str = "") -> str:
+    """A score in points for the tables; "n/a" for NaN (no image had a boundary to score)."""
+    return "n/a" if np.isnan(value) else f"{value:{sign}.2f}"
+
+
+def without_nan(value):
+    """`value` with every float NaN in it made None (JSON's null; json.dumps writes NaN)."""
+    if isinstance(value, dict):
+        return {k: without_nan(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_nan(v) for v in value]
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
 def markdown_table(rows: list[dict], coarse: dict) -> str:
     """Per method, per source, per source and kind of coarse mask (when the data's manifest
     says how each was made), and the published numbers, as markdown."""
@@ -128,8 +155,9 @@ def markdown_table(rows: list[dict], coarse: dict) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['n']} | {r['iou']:.2f} | {r['mean_iou']:.2f} | {r['mba']:.2f} "
-            f"| {r['iou'] - coarse['iou']:+.2f} | {r['mba'] - coarse['mba']:+.2f} "
+            f"| {r['method']} | {r['n']} | {points(r['iou'])} | {points(r['mean_iou'])} "
+            f"| {points(r['mba'])} | {points(r['iou'] - coarse['iou'], '+')} "
+            f"| {points(r['mba'] - coarse['mba'], '+')} "
             f"| {r['sec_per_image']:.3f} | {r['peak_mb']:.0f} |"
         )
     for key, title in (("sources", "source"), ("coarse_kinds", "source / coarse mask")):
@@ -146,8 +174,8 @@ def markdown_table(rows: list[dict], coarse: dict) -> str:
                 s = r.get(key, {}).get(group)
                 if s:
                     lines.append(
-                        f"| {group} | {r['method']} | {s['n']} | {s['iou']:.2f} "
-                        f"| {s['mean_iou']:.2f} | {s['mba']:.2f} |"
+                        f"| {group} | {r['method']} | {s['n']} | {points(s['iou'])} "
+                        f"| {points(s['mean_iou'])} | {points(s['mba'])} |"
                     )
     lines += ["", "| published, BIG test (PSPNet coarse) | IoU | mBA |", "|---|--:|--:|"]
     lines += [f"| {k} | {iou:.2f} | {mba:.2f} |" for k, (iou, mba) in PUBLISHED.items()]
@@ -170,8 +198,10 @@ def write_overlays(out: Path, pairs: list[Pair], rows: list[dict], coarse: dict,
             continue
         images = json.loads((out / row["method"] / "scores.json").read_text())
         ranked = sorted(images, key=lambda s: s["iou"] - coarse_iou[s["name"]])
-        picks = [("gain", s) for s in ranked[::-1][:k]] + [("loss", s) for s in ranked[:k]]
-        for rank, (kind, s) in enumerate(picks):
+        # Ranks count from 0 at the largest gain and at the largest loss.
+        picks = [("gain", rank, s) for rank, s in enumerate(ranked[::-1][:k])]
+        picks += [("loss", rank, s) for rank, s in enumerate(ranked[:k])]
+        for kind, rank, s in picks:
             pair = by_name[s["name"]]
             panels = [
                 read_image(pair.image, max_pixels=None),
@@ -180,7 +210,7 @@ def write_overlays(out: Path, pairs: list[Pair], rows: list[dict], coarse: dict,
                 read_mask(pair.mask, max_pixels=None) > 0.5,
             ]
             picture = _side_by_side(panels)
-            dst = out / "overlays" / f"{row['method']}_{kind}{rank % k}_{pair.name}.jpg"
+            dst = out / "overlays" / f"{row['method']}_{kind}{rank}_{pair.name}.jpg"
             atomic_write(dst, lambda tmp, p=picture: Image.fromarray(p).save(tmp, format="JPEG"))
 
 
@@ -258,6 +288,11 @@ def named_checkpoint(spec: str) -> tuple[str, Path]:
     name, sep, path = spec.partition("=")
     if not sep or not name or not Path(path).is_file():
         raise ValueError(f"--checkpoint wants NAME=PATH of an existing file, got {spec!r}")
+    if name in ("coarse", *CLASSICAL) or (name in AIRM_OPTIONS and name != "airm"):
+        # (airm, sirmf and crm take the checkpoint in place of their shipped weights)
+        raise ValueError(f"--checkpoint {name}: a built-in method's name; give it another NAME")
+    if name in (".", "..", "overlays") or "/" in name or "\\" in name:
+        raise ValueError(f"--checkpoint {name}: NAME must be a plain folder name, not 'overlays'")
     try:
         load_model(path)
     except CheckpointError as e:
@@ -267,6 +302,9 @@ def named_checkpoint(spec: str) -> tuple[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        print(f"error: --limit must be >= 1, got {args.limit}", file=sys.stderr)
+        return 2
     try:
         checkpoints = dict(named_checkpoint(spec) for spec in args.checkpoint)
         inference = dict(field_overrides(args.inference, InferenceOptions, "--inference"))
@@ -283,6 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not pairs:
         print(f"error: no pairs with a _seg.png coarse mask in {args.data}", file=sys.stderr)
+        return 2
+    try:
+        check_pairs(pairs, "evaluation")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     unknown = [m for m in methods if m not in known_methods(checkpoints)]
     if unknown:
@@ -301,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows, skipped, failed = [], {}, {}
     for name in methods:
+        clear_method(out, name)
         try:
             timing = run_in_process(run_method, name, pairs, out, settings)
         except ChildError as e:  # the other methods still run and are scored
@@ -314,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(score_method(name, pairs, out, timing))
     coarse = score_pairs(pairs, read_coarse)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    (out / "results.json").write_text(json.dumps(without_nan(rows), indent=2))
     write_csv(out / "results.csv", rows)
     if args.overlays > 0:
         write_overlays(out, pairs, rows, coarse, args.overlays)

@@ -397,6 +397,38 @@ def test_train_refuses_unusable_pairs_before_training_and_skips_hidden_files(tmp
     assert not bad.exists()
 
 
+def test_train_resume_accepts_what_may_change(tmp_path, capsys):
+    """A moved data folder, more iterations, other intervals, an --init file gone, a last.pt
+    from before a field existed, flags in another order, a log of a run that failed before its
+    first checkpoint: none stops a run or its --resume."""
+    import shutil
+
+    import torch
+
+    data, out = _training_folder(tmp_path / "data"), tmp_path / "run"
+    init = tmp_path / "init.safetensors"
+    airm.save_model(airm.build_model("airm_efficientnet_lite0", rank=4, hyper_dim=8), init)
+    (out).mkdir()
+    (out / "log.jsonl").write_text('{"event": "config"}\n')  # a run that failed at once
+    flags = ["--model", "rank=4", "--model", "hyper_dim=8", "--init", str(init)]
+    argv = ["train", "--data", str(data), "--out", str(out), *TINY_RUN, "--log-interval", "1"]
+    assert airm_main([*argv, *flags, "--iterations", "2", "--time-limit", "0"]) == 0
+    state = torch.load(out / "last.pt", weights_only=True)
+    train = json.loads(state["train_config"])
+    del train["soft_masks"], train["loss"]["affinity"]  # as a run before they existed
+    state["train_config"] = json.dumps(train)
+    torch.save(state, out / "last.pt")
+    init.unlink()
+    moved = shutil.move(data, tmp_path / "elsewhere")
+    flags = ["--model", "hyper_dim=8", "--model", "rank=4", "--init", str(init)]
+    argv[2] = str(moved)
+    assert airm_main([*argv, *flags, "--iterations", "3", "--val-interval", "7", "--resume"]) == 0
+    assert f"final weights: {out / 'final.safetensors'}" in capsys.readouterr().out
+    (out / "last.pt").unlink()  # an ended run whose last.pt was cleared away
+    assert airm_main([*argv, *flags[:4], "--iterations", "3", "--resume"]) == 2
+    assert "holds a run already (final.safetensors): it has ended" in capsys.readouterr().err
+
+
 def test_train_resume_continues_only_its_own_run(tmp_path, capsys):
     data, out = _training_folder(tmp_path / "data"), tmp_path / "run"
     argv = ["train", "--data", str(data), "--out", str(out), *TINY_RUN, "--iterations", "2"]
@@ -405,7 +437,7 @@ def test_train_resume_continues_only_its_own_run(tmp_path, capsys):
     log = (out / "log.jsonl").read_text()
     capsys.readouterr()
     for flags, message in [
-        ([], "holds a run already (last.pt, log.jsonl): --resume continues it"),
+        ([], "holds a run already (last.pt): --resume continues it"),
         (["--resume", "--batch-size", "2"], "its own settings: batch_size 1 -> 2"),
         (["--resume", "--lr", "0.1", "--seed", "5"], "lr 0.000225 -> 0.1, seed 0 -> 5"),
         (["--resume", "--iterations", "0"], "is at step 1, past iterations 0"),
@@ -457,10 +489,10 @@ def test_written_weights_have_ordinary_permissions(tmp_path):
     import os
 
     data, out = _training_folder(tmp_path / "data"), tmp_path / "run"
-    assert (
-        airm_main(["train", "--data", str(data), "--out", str(out), *TINY_RUN, "--iterations", "1"])
-        == 0
-    )
-    umask = os.umask(0)
-    os.umask(umask)
-    assert (out / "final.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+    argv = ["train", "--data", str(data), "--out", str(out), *TINY_RUN]
+    umask = os.umask(0o022)  # (under 077 the file would be 0600 either way)
+    try:
+        assert airm_main([*argv, "--iterations", "1"]) == 0
+    finally:
+        os.umask(umask)
+    assert (out / "final.safetensors").stat().st_mode & 0o777 == 0o644

@@ -116,6 +116,17 @@ def test_bad_arguments_exit_2(tmp_path, argv):
     assert main(["--data", str(data), "--out", str(tmp_path / "out"), *argv]) == 2
 
 
+def test_a_limit_below_one_exits_2(tmp_path, tiny_checkpoint, capsys):
+    from eval.last_scale import main as last_scale
+
+    data, out = big_folder(tmp_path / "val", n=2), tmp_path / "out"
+    assert main(["--data", str(data), "--out", str(out), "--limit", "-1"]) == 2
+    argv = ["--data", str(data), "--checkpoint", str(tiny_checkpoint), "--limit", "-1"]
+    assert last_scale(argv) == 2
+    assert capsys.readouterr().err.splitlines() == ["error: --limit must be >= 1, got -1"] * 2
+    assert not out.exists()
+
+
 def test_a_checkpoint_that_does_not_load_exits_2_before_anything_runs(tmp_path, capsys):
     data, out = big_folder(tmp_path / "val", n=1), tmp_path / "out"
     broken = tmp_path / "broken.safetensors"
@@ -125,6 +136,115 @@ def test_a_checkpoint_that_does_not_load_exits_2_before_anything_runs(tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith("error: --checkpoint mine: ") and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "name", ["dense_crf", "coarse", "airm_untiled", "../esc", "a/b", "..", "overlays"]
+)
+def test_a_checkpoint_named_as_a_built_in_method_or_not_as_a_folder_exits_2(
+    tmp_path, tiny_checkpoint, capsys, name
+):
+    data, out = big_folder(tmp_path / "val", n=1), tmp_path / "run" / "out"
+    argv = ["--data", str(data), "--out", str(out), "--checkpoint", f"{name}={tiny_checkpoint}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --checkpoint {name}: ") and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_unusable_pairs_exit_2_before_any_method_runs(tmp_path, capsys):
+    data, out = big_folder(tmp_path / "val", n=2), tmp_path / "out"
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(data / "d-1_gt.png")  # a smaller truth
+    assert main(["--data", str(data), "--out", str(out), "--methods", "coarse"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 1 of the 2 evaluation pairs are unusable: d-1_gt.png")
+    assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_a_rerun_leaves_no_stale_masks_of_a_method_that_now_fails(tmp_path, monkeypatch, capsys):
+    import eval.run
+    from eval.compare import main as compare_main
+
+    data, out = big_folder(tmp_path / "val", n=2), tmp_path / "out"
+    argv = ["--data", str(data), "--out", str(out), "--methods", "coarse,guided_filter"]
+    assert main(argv) == 0
+    (out / "guided_filter" / "notes.txt").write_text("not the tool's")
+    real = eval.run.run_in_process
+
+    def failing_guided_filter(fn, name, *args):
+        if name == "guided_filter":
+            raise ChildError("run_method raised MemoryError: imitated")
+        return real(fn, name, *args)
+
+    monkeypatch.setattr(eval.run, "run_in_process", failing_guided_filter)
+    assert main(argv) == 1
+    assert sorted(p.name for p in (out / "guided_filter").iterdir()) == ["notes.txt"]
+    # compare reads the methods results.json lists, not whatever folders hold scores
+    (out / "old").mkdir()
+    (out / "old" / "scores.json").write_text((out / "coarse" / "scores.json").read_text())
+    capsys.readouterr()
+    assert compare_main([str(out), "--reference", "coarse"]) == 0
+    assert capsys.readouterr().out.count("\n") == 2  # the header alone
+
+
+def test_overlays_count_from_the_largest_gain_and_loss_when_k_exceeds_the_images(tmp_path):
+    data, out = big_folder(tmp_path / "val", n=2), tmp_path / "out"
+    argv = ["--data", str(data), "--out", str(out), "--methods", "coarse,guided_filter"]
+    assert main([*argv, "--overlays", "3"]) == 0
+    coarse = {s["name"]: s["iou"] for s in json.loads((out / "coarse" / "scores.json").read_text())}
+    scores = json.loads((out / "guided_filter" / "scores.json").read_text())
+    worst = min(scores, key=lambda s: s["iou"] - coarse[s["name"]])["name"]
+    best = ({"d-0", "d-1"} - {worst}).pop()
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == sorted(
+        f"guided_filter_{kind}_{name}.jpg"
+        for kind, name in (("gain0", best), ("gain1", worst), ("loss0", worst), ("loss1", best))
+    )
+
+
+def test_a_truth_without_boundary_is_n_a_in_the_tables_and_null_in_json(tmp_path, capsys):
+    import warnings
+
+    from eval.compare import main as compare_main
+
+    data, out = big_folder(tmp_path / "val", n=1), tmp_path / "out"
+    Image.fromarray(np.zeros((60, 80), np.uint8)).save(data / "d-0_gt.png")
+    argv = ["--data", str(data), "--out", str(out), "--methods", "coarse,guided_filter"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| coarse | 1 | 0.00 | 0.00 | n/a | +0.00 | n/a |" in table and "nan" not in table
+
+    def no_constants(name):
+        raise AssertionError(f"results.json holds {name}")
+
+    rows = json.loads((out / "results.json").read_text(), parse_constant=no_constants)
+    assert rows[0]["mba"] is None and rows[0]["sources"]["even"]["mba"] is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert compare_main([str(out), "--reference", "coarse"]) == 0
+    table = capsys.readouterr().out
+    assert "| guided_filter | all | 1 |" in table and "| n/a | 0 |" in table and "nan" not in table
+
+
+@pytest.mark.parametrize("problem", ["missing", "file", "empty", "reference", "resamples"])
+def test_compare_exits_2_on_unusable_arguments(tmp_path, capsys, problem):
+    from eval.compare import main as compare_main
+
+    out = tmp_path / "out"
+    argv = [str(out), "--reference", "ref"]
+    if problem == "file":
+        out.write_text("")
+    elif problem != "missing":
+        out.mkdir()
+    if problem in ("reference", "resamples"):
+        (out / "ref").mkdir()
+        (out / "ref" / "scores.json").write_text(json.dumps([{"name": "a", "iou": 0.5}]))
+        argv[2] = "absent" if problem == "reference" else "ref"
+    if problem == "resamples":
+        argv += ["--resamples", "0"]
+    assert compare_main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and len(captured.err.splitlines()) == 1
+    assert captured.out == ""
 
 
 def test_a_method_that_fails_is_reported_and_the_others_still_scored(tmp_path, monkeypatch, capsys):
@@ -363,6 +483,28 @@ def test_every_pixel_gap_counts_the_errors_only_one_path_makes(tmp_path, tiny_ch
     # The rerun's row: the wrong pixels of both paths, then its own.
     assert "| c-0 | 2 | 101 |" in report
     assert every_pixel([str(out), "--data", str(data), "--every", "missing"]) == 2
+
+
+def test_a_checkpoint_that_does_not_load_exits_2_before_the_reports(tmp_path, capsys):
+    from eval.every_pixel import main as every_pixel
+    from eval.last_scale import main as last_scale
+
+    data, out = big_folder(tmp_path / "val", n=1), tmp_path / "out"
+    for method in ("airm", "airm_exhaustive"):  # the masks the report reads
+        (out / method).mkdir(parents=True)
+        (out / method / "d-0_mask.png").write_bytes((data / "d-0_seg.png").read_bytes())
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    for argv in (
+        [str(out), "--data", str(data), "--rerun", "1", "--checkpoint", str(broken)],
+        ["--data", str(data), "--checkpoint", str(broken)],
+        ["--data", str(data), "--checkpoint", str(tmp_path / "missing.safetensors")],
+    ):
+        main_of = every_pixel if "--rerun" in argv else last_scale
+        assert main_of(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith("error: ") and len(captured.err.splitlines()) == 1
+        assert captured.out == ""
 
 
 def test_last_scale_scores_the_handed_on_truth_and_one_full_resolution_pass(

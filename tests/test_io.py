@@ -261,7 +261,9 @@ def test_32_bit_and_float_image_files_are_scaled_not_saturated(tmp_path):
     deep = np.arange(12, dtype=np.int32).reshape(3, 4) * 5000
     Image.fromarray(deep).save(tmp_path / "i.tif")
     assert read_image(tmp_path / "i.tif")[2, 3, 0] == round(55000 / 257)
-    assert normalize_image(deep)[2, 3, 0] == round(55000 / 257)
+    assert normalize_image(deep.astype(np.uint16))[2, 3, 0] == round(55000 / 257)
+    with pytest.raises(InputError, match="8-bit images hold 0..255"):  # one pixel over: which?
+        normalize_image(deep)
     unit = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
     Image.fromarray(unit).save(tmp_path / "f.tif")
     assert np.array_equal(read_image(tmp_path / "f.tif")[..., 0], (unit * 255).round())
@@ -301,6 +303,14 @@ def test_a_limit_above_pillows_own_is_honoured(tmp_path):
     with pytest.raises(InputError, match="above the limit"):
         read_mask(tmp_path / "big.png")
     assert Image.MAX_IMAGE_PIXELS == pillows  # Pillow's own again, for everyone else
+
+
+def test_tiffs_above_pillows_limit_are_read_when_max_pixels_allows(tmp_path, monkeypatch):
+    """Pillow checks a TIFF's size again when it decodes it (here with its limit made small)."""
+    Image.fromarray(np.full((50, 50), 9, np.uint8)).save(tmp_path / "t.tif")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert read_image(tmp_path / "t.tif", max_pixels=None)[0, 0, 0] == 9
+    assert Image.MAX_IMAGE_PIXELS == 1000
 
 
 def test_multi_frame_files_are_closed(tmp_path):

@@ -486,20 +486,20 @@ def test_a_transposed_mask_refines_as_its_copy(refiner):
     )
 
 
-def test_tensor_masks_and_images_of_other_encodings_are_refused(refiner):
+def test_tensor_masks_read_as_arrays_are_and_other_encodings_are_refused(refiner):
     image, coarse = disc_pair(40, 50)
     image_t, mask_t = torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(coarse)
     with pytest.raises(InputError, match="image tensor must be uint8 or float"):
         refiner.refine_torch(image_t.long(), mask_t)
-    with pytest.raises(InputError, match="mask tensor must be bool, uint8 or float"):
-        refiner.refine_torch(image_t, mask_t.long())
+    with pytest.raises(InputError, match="mask values -1..255"):
+        refiner.refine_torch(image_t, mask_t.long() - (mask_t == 0).long())
     with pytest.raises(InputError, match=r"probabilities in \[0, 1\], got 0..255"):
         refiner.refine_torch(image_t, mask_t.float())
     with pytest.raises(InputError, match="NaN"):
         refiner.refine_torch(image_t, torch.full((40, 50), float("nan")))
-    assert torch.equal(
-        refiner.refine_torch(image_t, mask_t), refiner.refine_torch(image_t, mask_t > 127)
-    )
+    expected = refiner.refine_torch(image_t, mask_t > 127)
+    for mask in (mask_t, mask_t.long(), (mask_t > 127).int(), mask_t.int() * 257):
+        assert torch.equal(refiner.refine_torch(image_t, mask), expected), mask.dtype
 
 
 def test_a_full_mask_comes_back_as_new_probabilities(refiner):

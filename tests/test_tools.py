@@ -377,6 +377,8 @@ def test_lease_job_retries_eager_in_the_minutes_the_compiled_try_left():
     assert calls == [["--out", "x", "--resume", "--time-limit", "7"]]
     assert jobs(flags, lambda argv: runner(argv, minutes=8, compiled_status=3)) == 3
     assert len(calls) == 1  # no minutes left for an eager try
+    assert jobs(flags, lambda argv: runner(argv, minutes=0, compiled_status=2)) == 2
+    assert len(calls) == 1  # train.py refused the run: eager would be refused too
 
 
 def test_lease_job_brings_last_pt_in_pieces_that_join_into_it(tmp_path, capsys):

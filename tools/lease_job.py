@@ -13,7 +13,8 @@ Then the run's `last.pt` (weights, Adam's state, the moving average where the ru
 split into BRING/last.pt.part-000, -001, ... of --piece-mb each, to be joined where it arrives
 with `cat last.pt.part-* > last.pt`, and its `log.jsonl` is copied beside them.
 
-The training arguments are checked before anything runs (as `train.py` checks them); the job's
+The training arguments are parsed before anything runs, and `train.py` checks the run before it
+trains (exit 2 when it refuses it, which is not tried again eager); the job's
 own flags (--resume, --time-limit, --compile, --compile-mode) are this tool's to set. The pieces
 are written whenever the run has a `last.pt`. Exits with the last job's status (0: it ended as
 asked, at its last iteration or its time limit), 2 for arguments it refuses, 1 when a job that
@@ -68,7 +69,8 @@ def run_jobs(
     runner: Runner = run_train,
     clock: Callable[[], float] = time.monotonic,
 ) -> int:
-    """The compiled job, then, if it fails, the eager one in the minutes left; the last status.
+    """The compiled job, then, if it fails (not refused: exit 2), the eager one in the minutes
+    left; the last status.
 
     compile_flags: train.py's flags for compiling (empty: one eager job only).
     """
@@ -76,8 +78,8 @@ def run_jobs(
     base = [*train_args, "--resume"]
     if compile_flags:
         status = runner([*base, *compile_flags, "--time-limit", f"{minutes:g}"])
-        if status == 0:
-            return 0
+        if status in (0, 2):  # 2: train.py refused the run before it began; so would eager
+            return status
         left = (deadline - clock()) / 60
         if left <= 0:
             print(f"the compiled job failed (exit {status}); no minutes left for an eager one")

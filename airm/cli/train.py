@@ -15,7 +15,7 @@ from airm.build import VARIANTS
 from airm.config import ModelConfig, field_overrides
 from airm.losses import LossWeights
 from airm.perturb import LOWRES_SIDES
-from airm.training import TrainConfig, check_config, train
+from airm.training import ConfigError, TrainConfig, train
 
 DESCRIPTION = __doc__
 
@@ -266,12 +266,15 @@ def run(args: argparse.Namespace) -> int:
             train_only=tuple(args.train_only),
             **{k: v for k, v in fields.items() if v is not None},
         )
-        check_config(config, resume=args.resume)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     time_limit = None if args.time_limit is None else args.time_limit * 60
-    written = train(config, resume=args.resume, time_limit=time_limit)
+    try:  # train checks the run before it writes anything (check_config)
+        written = train(config, resume=args.resume, time_limit=time_limit)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes the weights
         return 0
     if written.suffix == ".safetensors":
