@@ -119,18 +119,25 @@ def test_image_arrays_normalise_to_the_same_rgb():
         assert np.array_equal(normalize_image(image), rgb), (image.dtype, image.shape)
 
 
-def test_the_pixel_limit_is_checked_before_decoding(tmp_path):
-    """A PNG that claims 12000 x 12000 pixels but holds almost no data: refused for its size
-    (a decoder would have found it truncated)."""
+def png_claiming(path, width: int, height: int) -> None:
+    """Write a PNG whose header claims width x height pixels and that holds an 8 x 8 image."""
+    import io
     import struct
     import zlib
 
-    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "small.png")
-    data = bytearray((tmp_path / "small.png").read_bytes())
-    header = struct.pack(">II", 12000, 12000) + bytes(data[24:29])
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    header = struct.pack(">II", width, height) + bytes(data[24:29])
     data[16:29] = header
     data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header))
-    (tmp_path / "bomb.png").write_bytes(bytes(data))
+    path.write_bytes(bytes(data))
+
+
+def test_the_pixel_limit_is_checked_before_decoding(tmp_path):
+    """A PNG that claims 12000 x 12000 pixels but holds almost no data: refused for its size
+    (a decoder would have found it truncated)."""
+    png_claiming(tmp_path / "bomb.png", 12000, 12000)
     with pytest.raises(InputError, match="above the limit"):
         read_mask(tmp_path / "bomb.png")
     with pytest.raises(InputError, match="cannot read"):  # allowed in, it cannot be decoded
@@ -288,15 +295,7 @@ def test_a_malformed_exif_block_is_an_input_error(tmp_path):
 def test_a_limit_above_pillows_own_is_honoured(tmp_path):
     """Pillow refuses over 179 megapixels as a decompression bomb whatever max_pixels allows; a
     file that claims 200 megapixels and holds none is now let in and found truncated."""
-    import struct
-    import zlib
-
-    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "small.png")
-    data = bytearray((tmp_path / "small.png").read_bytes())
-    header = struct.pack(">II", 20000, 10000) + bytes(data[24:29])
-    data[16:29] = header
-    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header))
-    (tmp_path / "big.png").write_bytes(bytes(data))
+    png_claiming(tmp_path / "big.png", 20000, 10000)
     pillows = Image.MAX_IMAGE_PIXELS
     with pytest.raises(InputError, match="truncated"):
         read_mask(tmp_path / "big.png", max_pixels=300_000_000)
