@@ -38,13 +38,14 @@ class Pair:
     coarse_kind: str = ""
 
 
-def _files(folder: Path) -> list[Path]:
-    """A folder's image files; hidden ones (macOS's ._name resource forks, temporaries) are not."""
-    return [
+def image_files(folder: Path) -> list[Path]:
+    """A folder's image files, sorted; hidden ones (macOS's ._name resource forks, the
+    temporaries of atomic writes) are not."""
+    return sorted(
         p
         for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    ]
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
 
 
 def check_pairs(pairs: list[Pair], what: str) -> None:
@@ -56,8 +57,9 @@ def check_pairs(pairs: list[Pair], what: str) -> None:
         try:
             size = read_size(pair.image)
             for path in (pair.mask, pair.coarse):
-                if path is not None and read_size(path) != size:
-                    problems.append(f"{path.name} is {read_size(path)}, {pair.image.name} {size}")
+                other = read_size(path) if path is not None else size
+                if other != size:
+                    problems.append(f"{path.name} is {other}, {pair.image.name} {size}")
         except InputError as e:
             problems.append(str(e))
     if problems:
@@ -99,12 +101,12 @@ def find_pairs(root: str | os.PathLike) -> list[Pair]:
         raise FileNotFoundError(f"data folder not found: {root}")
     pairs = []
     if (root / "images").is_dir() and (root / "masks").is_dir():
-        masks = {p.stem: p for p in _files(root / "masks")}
-        for image in sorted(_files(root / "images")):
+        masks = {p.stem: p for p in image_files(root / "masks")}
+        for image in image_files(root / "images"):
             if image.stem in masks:
                 pairs.append(Pair(image.stem, image, masks[image.stem]))
     else:
-        for image in sorted(_files(root)):
+        for image in image_files(root):
             stem = image.stem
             if not stem.endswith("_im"):
                 continue

@@ -512,8 +512,8 @@ def refine_probability(
     height, width = image.shape[-2:]
     # Contiguous: a transposed mask kept its layout through a full-resolution first scale,
     # whose flat views of it then failed.
-    image, prob = image.contiguous(), mask.contiguous()
-    mask = prob
+    image, mask = image.contiguous(), mask.contiguous()
+    prob = mask
     for i, size in enumerate(scale_sizes(height, width, options)):
         prob = refine_at_scale(
             model,

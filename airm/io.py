@@ -191,8 +191,7 @@ def normalize_image(image: np.ndarray) -> np.ndarray:
     if not np.issubdtype(image.dtype, np.integer):
         raise InputError(f"unsupported image dtype {image.dtype}")
     low, top = int(image.min()), int(image.max())
-    if low < 0 or top > 65535:
-        raise InputError(f"image values {low}..{top} are outside 8- and 16-bit ranges")
+    _check_bits(low, top, "image")
     if image.dtype == np.uint16:
         return (image.astype(np.float32) / 257.0).round().astype(np.uint8)
     if top > 255:  # not 8-bit, and only uint16 says 16-bit
@@ -229,12 +228,19 @@ def normalize_mask(mask: np.ndarray) -> np.ndarray:
         )
     if not np.issubdtype(mask.dtype, np.integer):
         raise InputError(f"unsupported mask dtype {mask.dtype}")
-    low, top = int(mask.min()), int(mask.max())
+    return mask.astype(np.float32) / mask_scale(int(mask.min()), int(mask.max()))
+
+
+def mask_scale(low: int, top: int) -> float:
+    """What an integer mask whose values run from low to top is divided by to be read as [0,
+    1]: 1 for 0/1, 255 for 8 bits, 65535 for 16; InputError beyond 16 bits or below 0."""
+    _check_bits(low, top, "mask")
+    return 1.0 if top <= 1 else 255.0 if top <= 255 else 65535.0
+
+
+def _check_bits(low: int, top: int, what: str) -> None:
     if low < 0 or top > 65535:
-        raise InputError(f"mask values {low}..{top} are outside 8- and 16-bit ranges")
-    if top <= 1:
-        return mask.astype(np.float32)
-    return mask.astype(np.float32) / (65535.0 if top > 255 else 255.0)
+        raise InputError(f"{what} values {low}..{top} are outside 8- and 16-bit ranges")
 
 
 def read_image(

@@ -21,6 +21,7 @@ from airm.io import (
     as_labels,
     as_mask,
     check_size,
+    mask_scale,
 )
 from airm.labels import refine_labels
 from airm.modeling.airm import AIRM
@@ -157,14 +158,11 @@ class Refiner:
 def _probabilities(mask: torch.Tensor) -> torch.Tensor:
     """An (H, W) mask tensor (bool; integers as 0/1, 0..255 or 0..65535 by their largest
     value; float probabilities, clipped within `PROBABILITY_SLACK` of [0, 1]) -> a new
-    contiguous float32 tensor in [0, 1]."""
+    float32 tensor in [0, 1]."""
     if mask.dtype == torch.bool:
         return mask.float()
     if not mask.is_floating_point():  # integers, as `airm.io.normalize_mask` reads them
-        low, top = int(mask.min()), int(mask.max())
-        if low < 0 or top > 65535:
-            raise InputError(f"mask values {low}..{top} are outside 8- and 16-bit ranges")
-        return mask.float() / (1.0 if top <= 1 else 255.0 if top <= 255 else 65535.0)
+        return mask.float() / mask_scale(int(mask.min()), int(mask.max()))
     if not torch.isfinite(mask).all():
         raise InputError("mask has NaN or infinite values")
     low, top = mask.min().item(), mask.max().item()
@@ -172,7 +170,7 @@ def _probabilities(mask: torch.Tensor) -> torch.Tensor:
         raise InputError(
             f"a float mask tensor must hold probabilities in [0, 1], got {low:g}..{top:g}"
         )
-    return mask.float().clamp(0, 1).contiguous()
+    return mask.float().clamp(0, 1)
 
 
 def _default_device() -> torch.device:

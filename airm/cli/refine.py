@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from airm.api import ModelNotFoundError, get_refiner
 from airm.checkpoint import CheckpointError
-from airm.data import IMAGE_SUFFIXES
+from airm.data import image_files
 from airm.inference import EVERY_PIXEL, PRECISIONS, InferenceOptions
 from airm.io import (
     DEFAULT_MAX_PIXELS,
@@ -199,15 +199,6 @@ def _stem(path: Path) -> str:
     return stem
 
 
-def _images(folder: Path) -> list[Path]:
-    """Image files of a folder; hidden files (and the temporaries of atomic writes) are not."""
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-    )
-
-
 def match_folders(
     images: Path, coarse: Path, out: Path, overlay: Path | None = None
 ) -> tuple[list[Job], list[str]]:
@@ -222,13 +213,13 @@ def match_folders(
     if _same(images, coarse):
         _check_shared_folder(images)
     masks: dict[str, Path] = {}
-    for m in _images(coarse):
+    for m in image_files(coarse):
         if m.stem.endswith("_im"):
             continue  # an image, when images and masks share a folder
         if m.stem.endswith("_seg") or _stem(m) not in masks:
             masks[_stem(m)] = m
     jobs, unmatched, seen = [], [], set()
-    for image in sorted(_images(images), key=lambda p: not p.stem.endswith("_im")):  # _im first
+    for image in sorted(image_files(images), key=lambda p: not p.stem.endswith("_im")):  # _im first
         name = _stem(image)
         if image.stem.endswith(("_gt", "_seg", "_mask")) or masks.get(name) == image:
             continue
@@ -247,7 +238,7 @@ def _check_shared_folder(folder: Path) -> None:
     """Raise ValueError where a folder of both images and masks cannot tell them apart: two or
     more plain files of one name (name.jpg, name.png), with no name_im.* and name_seg.* pair."""
     names: dict[str, list[Path]] = {}
-    for path in _images(folder):
+    for path in image_files(folder):
         if not path.stem.endswith(("_gt", "_mask")):  # ground truth: never an input
             names.setdefault(_stem(path), []).append(path)
     for name, paths in names.items():
